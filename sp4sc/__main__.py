@@ -1,0 +1,5 @@
+import sys
+
+from sp4sc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""Log-mel front ends as frozen, hashable configs and batched torch modules.
+
+``LogMel(cfg)`` maps waveforms ``(batch, samples)`` at ``cfg.sample_rate`` to
+log-mel spectrograms ``(batch, frames, mels)``. It equals librosa's
+``melspectrogram`` + ``power_to_db(ref=1, amin=1e-10, top_db=None)`` with the
+same settings (periodic Hann window, centred frames with reflect padding, power
+spectrum, Slaney-scale Slaney-normalised mel filters); the tests check this to
+0.01 dB on real ESC-10 clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sp4sc.errors import Sp4scError
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """A log-mel front end. Frozen and hashable: its :meth:`digest` keys the feature cache.
+
+    Attributes:
+        name: preset it came from (informative; not part of the digest).
+        sample_rate: rate the audio is resampled to, Hz.
+        n_fft: FFT size in samples.
+        win_length: window length in samples (periodic Hann, centred in n_fft).
+        hop_length: hop in samples.
+        n_mels: number of mel bands.
+        f_min: lowest mel filter edge, Hz.
+        f_max: highest mel filter edge, Hz.
+        duration: clip length in seconds; audio is padded with zeros or cropped to it.
+        amin: floor of the power before the log: 10*log10(max(P, amin)).
+    """
+
+    name: str
+    sample_rate: int
+    n_fft: int
+    win_length: int
+    hop_length: int
+    n_mels: int
+    f_min: float
+    f_max: float
+    duration: float = 10.0
+    amin: float = 1e-10
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sample_rate <= 0:
+            problems.append("sample_rate must be positive")
+        if not 0 < self.win_length <= self.n_fft:
+            problems.append("win_length must be in (0, n_fft]")
+        if self.hop_length <= 0:
+            problems.append("hop_length must be positive")
+        if self.n_mels <= 0:
+            problems.append("n_mels must be positive")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            problems.append(f"need 0 <= f_min < f_max <= sample_rate/2 ({self.sample_rate / 2:g})")
+        if self.duration <= 0:
+            problems.append("duration must be positive")
+        if problems:
+            raise Sp4scError(f"front end {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per clip after padding/cropping."""
+        return int(round(self.duration * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per clip (centred STFT): 1 + n_samples // hop."""
+        return 1 + self.n_samples // self.hop_length
+
+    def frames_for(self, seconds: float) -> int:
+        """Frames of a clip of ``seconds`` seconds."""
+        return 1 + int(round(seconds * self.sample_rate)) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrontEndConfig":
+        """Rebuild from :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise Sp4scError(f"front end config: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Hash of everything that changes the features (the name does not)."""
+        d = self.to_dict()
+        d.pop("name")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "FrontEndConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, FrontEndConfig] = {
+    # SP4ASC (Puy et al., DCASE 2021): 431 x 256 for a 10 s clip.
+    "sp4asc": FrontEndConfig("sp4asc", 44100, 2048, 2048, 1024, 256, 0.0, 22050.0, 10.0),
+    # PANNs (Kong et al., 2020): 1001 x 64 for a 10 s clip.
+    "panns": FrontEndConfig("panns", 32000, 1024, 1024, 320, 64, 50.0, 14000.0, 10.0),
+    # The demo's small front end: CPU training in minutes on 2 s clips
+    # (full-resolution SP4SC trains at about 1.4 clips/s on 2 CPU cores).
+    "demo": FrontEndConfig("demo", 16000, 512, 512, 256, 64, 0.0, 8000.0, 2.0),
+}
+
+
+def frontend_preset(name: str, **overrides: Any) -> FrontEndConfig:
+    """A preset front end, optionally with some fields changed (e.g. ``duration=5.0``)."""
+    if name not in PRESETS:
+        raise Sp4scError(f"unknown front end {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised mel filters, ``(n_fft // 2 + 1, n_mels)`` float32."""
+    import librosa
+
+    fb = librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
+        htk=False, norm="slaney", dtype=np.float64,
+    )
+    return np.ascontiguousarray(fb.T.astype(np.float32))
+
+
+class LogMel(nn.Module):
+    """Waveforms ``(batch, samples)`` -> log-mel ``(batch, frames, mels)`` in dB.
+
+    The mel matrix and window are buffers that are not saved in state dicts:
+    they follow from the config, and they are not parameters.
+    """
+
+    def __init__(self, cfg: FrontEndConfig):
+        super().__init__()
+        self.cfg = cfg
+        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float32)
+        if cfg.win_length < cfg.n_fft:  # centre the window in the frame, as librosa does
+            left = (cfg.n_fft - cfg.win_length) // 2
+            window = nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(cfg)), persistent=False)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        # (batch, samples)
+        if wav.dim() == 1:
+            wav = wav.unsqueeze(0)
+        spec = torch.stft(
+            wav.float(), n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, win_length=self.cfg.n_fft,
+            window=self.window, center=True, pad_mode="reflect", return_complex=True,
+        )  # (batch, n_fft // 2 + 1, frames)
+        power = spec.real.square() + spec.imag.square()
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (batch, frames, mels)
+        return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))

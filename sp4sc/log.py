@@ -1,0 +1,37 @@
+"""Logging: one logger for the package and notes said only once per run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+logger = logging.getLogger("sp4sc")
+_said: set[str] = set()
+_lock = threading.Lock()
+
+
+def setup(debug: bool = False) -> None:
+    """Send sp4sc's log records to stderr, one plain line each."""
+    if logger.handlers:
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+
+
+def note_once(key: str, message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    with _lock:
+        if key in _said:
+            return
+        _said.add(key)
+    logger.log(level, message)
+
+
+def reset_notes() -> None:
+    """Forget which notes were said (for tests)."""
+    with _lock:
+        _said.clear()
