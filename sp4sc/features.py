@@ -135,30 +135,72 @@ def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
 
 
 class LogMel(nn.Module):
-    """Waveforms ``(batch, samples)`` -> log-mel ``(batch, frames, mels)`` in dB.
+    """Waveforms ``(batch, samples)`` -> log-mel ``(batch, frames, mels)`` in dB, float32.
+
+    The FFT runs in float64: a float32 FFT's rounding noise sits about
+    ``eps * ||frame||`` below each frame's energy, which shifts quiet bins (for
+    instance above a lossy codec's low-pass, around -95 dB) by 0.01-0.04 dB
+    against librosa. The power is then cast to float32 for the mel product,
+    which keeps its relative precision (all terms are non-negative).
+
+    On the CPU the batch is processed a few clips at a time (``cpu_chunk_frames``
+    frames per FFT call): the float64 frames of one 10 s clip fill a few MB, and
+    staying in cache is about 3x faster than one big call. On a GPU the whole
+    batch goes at once.
 
     The mel matrix and window are buffers that are not saved in state dicts:
     they follow from the config, and they are not parameters.
+
+    Args:
+        cfg: the front end.
+        fft_dtype: dtype of the framing and FFT; float64 by default (see above),
+            float32 trades about 0.04 dB on quiet bins for speed.
+        cpu_chunk_frames: frames per FFT call on the CPU.
     """
 
-    def __init__(self, cfg: FrontEndConfig):
+    def __init__(self, cfg: FrontEndConfig, fft_dtype: torch.dtype = torch.float64, cpu_chunk_frames: int = 512):
         super().__init__()
         self.cfg = cfg
-        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float32)
+        self.fft_dtype = fft_dtype
+        self.cpu_chunk_frames = cpu_chunk_frames
+        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
         if cfg.win_length < cfg.n_fft:  # centre the window in the frame, as librosa does
             left = (cfg.n_fft - cfg.win_length) // 2
             window = nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
-        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("window", window.to(fft_dtype), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(cfg)), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Keep the window in fft_dtype when the module is cast (e.g. ``.float()``, ``.half()``).
+        out = super()._apply(fn, recurse)
+        if self.window.dtype != self.fft_dtype and self.window.device.type != "mps":
+            self.window = self.window.to(self.fft_dtype)
+        return out
+
+    def _compute(self, wav: torch.Tensor) -> torch.Tensor:
+        # (batch, samples) -> (batch, frames, mels)
+        n_fft, hop = self.cfg.n_fft, self.cfg.hop_length
+        dtype = self.window.dtype
+        x = wav.to(dtype).unsqueeze(1)  # (batch, 1, samples)
+        mode = "reflect" if x.shape[-1] > n_fft // 2 else "constant"  # reflect needs pad < length
+        x = nn.functional.pad(x, (n_fft // 2, n_fft // 2), mode=mode).squeeze(1)  # (batch, samples + n_fft)
+        frames = x.unfold(-1, n_fft, hop) * self.window  # (batch, frames, n_fft)
+        spec = torch.view_as_real(torch.fft.rfft(frames))  # (batch, frames, n_fft // 2 + 1, 2)
+        power = spec.to(torch.float32).square_()
+        power = power[..., 0] + power[..., 1]  # (batch, frames, n_fft // 2 + 1)
+        mel = torch.matmul(power, self.mel_fb)  # (batch, frames, mels)
+        return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         # (batch, samples)
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
-        spec = torch.stft(
-            wav.float(), n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, win_length=self.cfg.n_fft,
-            window=self.window, center=True, pad_mode="reflect", return_complex=True,
-        )  # (batch, n_fft // 2 + 1, frames)
-        power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (batch, frames, mels)
-        return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        if wav.shape[0] == 0:
+            return wav.new_zeros((0, self.cfg.frames_for(wav.shape[-1] / self.cfg.sample_rate), self.cfg.n_mels))
+        if wav.device.type != "cpu":
+            return self._compute(wav)
+        frames = 1 + wav.shape[-1] // self.cfg.hop_length
+        per_call = max(1, self.cpu_chunk_frames // max(frames, 1))
+        if per_call >= wav.shape[0]:
+            return self._compute(wav)
+        return torch.cat([self._compute(part) for part in wav.split(per_call)])  # (batch, frames, mels)
