@@ -1,0 +1,148 @@
+"""Spectrogram augmentations: SpecAugment stripes and mixup.
+
+SpecAugment here follows the stripe dropping SP4ASC used (through torchlibrosa's
+``SpecAugmentation``; facts read from valeoai/SP4ASC ``sp4asc/models/cnns.py``
+and torchlibrosa ``augmentation.py``, no code copied): for every example and
+every stripe, a width is drawn uniformly in ``[0, width - 1]`` and a start
+uniformly in ``[0, size - drawn_width - 1]``; ``time_stripes`` stripes along time
+then ``freq_stripes`` stripes along mel bins are replaced. SP4ASC applies it
+after the input BatchNorm, so its zeros are the normalised mean of each mel
+bin; sp4sc applies it before the backbone on raw log-mel dB, so the default
+fill is ``"mean"``: each example's own mean over time of each mel bin (the
+closest stand-in for "zero after normalisation"). ``fill="zero"`` writes 0.
+
+mixup (Zhang et al., 2018) as SP4ASC's ``MixUp``: one mixing weight per batch
+drawn from Beta(alpha, alpha), the batch mixed with a random permutation of
+itself, inputs and one-hot targets alike.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sp4sc.errors import Sp4scError
+
+FILLS = ("mean", "zero")
+
+
+def _stripe_mask(
+    batch: int, size: int, width: int, stripes: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Boolean ``(batch, size)`` mask, True inside the dropped stripes (on CPU)."""
+    width = min(int(width), size)
+    if stripes <= 0 or width <= 1:  # widths are drawn in [0, width - 1]: nothing to drop
+        return torch.zeros(batch, size, dtype=torch.bool)
+    widths = torch.randint(0, width, (batch, stripes), generator=generator)  # (B, S)
+    # start uniform in [0, size - w - 1] (torchlibrosa's randint(0, size - w))
+    u = torch.rand(batch, stripes, generator=generator, dtype=torch.float64)
+    starts = (u * (size - widths).double()).floor().long()  # (B, S)
+    pos = torch.arange(size).view(1, 1, size)  # (1, 1, size)
+    inside = (pos >= starts.unsqueeze(-1)) & (pos < (starts + widths).unsqueeze(-1))  # (B, S, size)
+    return inside.any(dim=1)  # (B, size)
+
+
+class SpecAugment(nn.Module):
+    """Replace random time and frequency stripes of ``(batch, 1, frames, mels)`` inputs.
+
+    Active in training mode. In eval mode it is the identity unless called with
+    ``force=True`` or a ``generator`` (seeded test-time augmentation: the same
+    generator seed gives the same stripes).
+
+    Args:
+        time_width: stripe widths along time are drawn in ``[0, time_width - 1]`` frames.
+        time_stripes: number of time stripes per example.
+        freq_width: stripe widths along mel bins are drawn in ``[0, freq_width - 1]``.
+        freq_stripes: number of frequency stripes per example.
+        fill: ``"mean"`` (each example's per-mel-bin mean over time) or ``"zero"``.
+    """
+
+    def __init__(
+        self,
+        time_width: int = 0,
+        time_stripes: int = 0,
+        freq_width: int = 0,
+        freq_stripes: int = 0,
+        fill: str = "mean",
+    ):
+        super().__init__()
+        values = (time_width, time_stripes, freq_width, freq_stripes)
+        if any(int(v) != v or v < 0 for v in values):
+            raise Sp4scError(f"spec_augment {list(values)}: expected four non-negative integers "
+                             "[time width, time stripes, freq width, freq stripes]")
+        if fill not in FILLS:
+            raise Sp4scError(f"spec_augment fill {fill!r}: choose one of {list(FILLS)}")
+        self.time_width, self.time_stripes = int(time_width), int(time_stripes)
+        self.freq_width, self.freq_stripes = int(freq_width), int(freq_stripes)
+        self.fill = fill
+
+    @classmethod
+    def from_list(cls, values: Sequence[int] | None, fill: str = "mean") -> "SpecAugment | None":
+        """Build from SP4ASC's ``[time width, time stripes, freq width, freq stripes]`` (None: no augmentation)."""
+        if values is None or len(values) == 0:
+            return None
+        if len(values) != 4:
+            raise Sp4scError(f"spec_augment {list(values)}: expected 4 numbers "
+                             "[time width, time stripes, freq width, freq stripes]")
+        return cls(*values, fill=fill)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.time_width > 1 and self.time_stripes > 0) or (self.freq_width > 1 and self.freq_stripes > 0)
+
+    def extra_repr(self) -> str:
+        return (f"time_width={self.time_width}, time_stripes={self.time_stripes}, "
+                f"freq_width={self.freq_width}, freq_stripes={self.freq_stripes}, fill={self.fill!r}")
+
+    def forward(
+        self, x: torch.Tensor, *, force: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        # (batch, 1, frames, mels)
+        if not (self.training or force or generator is not None) or not self.enabled:
+            return x
+        if x.dim() != 4:
+            raise Sp4scError(f"SpecAugment: expected (batch, 1, frames, mels), got shape {tuple(x.shape)}")
+        b, _, t, f = x.shape
+        tmask = _stripe_mask(b, t, self.time_width, self.time_stripes, generator)  # (B, T)
+        fmask = _stripe_mask(b, f, self.freq_width, self.freq_stripes, generator)  # (B, F)
+        mask = (tmask.unsqueeze(-1) | fmask.unsqueeze(1)).unsqueeze(1).to(x.device, non_blocking=True)  # (B, 1, T, F)
+        if self.fill == "zero":
+            fill = torch.zeros((), dtype=x.dtype, device=x.device)
+        else:
+            fill = x.mean(dim=2, keepdim=True)  # (B, 1, 1, F): per-example, per-mel-bin mean over time
+        return torch.where(mask, fill, x)
+
+
+def mixup(
+    x: torch.Tensor,
+    y_onehot: torch.Tensor,
+    alpha: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a permutation of itself.
+
+    Args:
+        x: inputs ``(batch, ...)``.
+        y_onehot: targets ``(batch, classes)`` (one-hot or already soft).
+        alpha: Beta(alpha, alpha) parameter; ``alpha <= 0`` returns the inputs unchanged.
+        generator: torch generator for the permutation and the mixing weight
+            (None: torch's global generator, so ``seed_everything`` makes it repeatable).
+
+    Returns:
+        ``(x_mixed, y_mixed)`` with ``lam * a + (1 - lam) * a[perm]`` for both.
+    """
+    if alpha is None or alpha <= 0:
+        return x, y_onehot
+    if x.shape[0] != y_onehot.shape[0]:
+        raise Sp4scError(f"mixup: {x.shape[0]} inputs but {y_onehot.shape[0]} targets")
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    # Beta draw through numpy, seeded from the torch generator so both follow the same seed.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    x_mixed = x * lam + x[perm] * (1.0 - lam)
+    y = y_onehot.to(torch.float32)
+    y_mixed = y * lam + y[perm] * (1.0 - lam)
+    return x_mixed, y_mixed

@@ -1,0 +1,271 @@
+"""Scene-classification metrics as DCASE Task 1A reports them.
+
+What the DCASE 2021 Task 1A baseline computes (facts read from
+marmoi/dcase2021_task1a_baseline ``task1a.py::do_evaluation``; no code copied):
+
+- overall log loss: scikit-learn ``log_loss`` over all clips, i.e. the mean over
+  clips of ``-log p(true class)`` (a clip average, not a class average);
+- class-wise log loss: the same over the clips of each scene;
+- device-wise log loss: the same over the clips of each device;
+- accuracy: sed_eval's class-wise average, i.e. the mean over scenes of each
+  scene's accuracy (recall) -- the *macro* accuracy; device-wise accuracy is the
+  class-wise average within the device's clips.
+
+scikit-learn (1.5+) clips probabilities to ``[eps, 1 - eps]`` with ``eps`` the
+machine epsilon of their dtype; here rows are first normalised to sum to 1
+(a no-op for softmax outputs; older scikit-learn renormalised) and then clipped,
+in float64 unless told otherwise. We report both the plain (micro) accuracy and
+the macro accuracy; the DCASE tables use the macro one.
+
+:class:`SceneMetrics` is a torchmetrics ``Metric`` whose states are sums of
+shape ``(devices + 1, classes)`` (count, correct, summed log loss) plus a
+confusion matrix, so DDP ranks sync them exactly with a sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from sp4sc.errors import Sp4scError
+
+UNKNOWN_DEVICE = "unknown"
+
+
+# ----------------------------------------------------------------- functional
+
+def _as_probs(probs: Any, eps: float | None) -> tuple[np.ndarray, float]:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise Sp4scError(f"probabilities: expected (clips, classes), got shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise Sp4scError("probabilities: must be finite and non-negative")
+    sums = p.sum(axis=1, keepdims=True)
+    if (sums <= 0).any():
+        raise Sp4scError("probabilities: a row sums to 0")
+    e = float(np.finfo(np.float64).eps) if eps is None else float(eps)
+    return np.clip(p / sums, e, 1.0 - e), e
+
+
+def accuracy(y_true: Sequence[int], probs_or_pred: Any) -> float:
+    """Fraction of clips whose argmax (or given prediction) equals the label."""
+    y = np.asarray(y_true)
+    pred = np.asarray(probs_or_pred)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    if len(y) == 0:
+        raise Sp4scError("accuracy: no clips")
+    return float((pred == y).mean())
+
+
+def class_accuracies(y_true: Sequence[int], probs_or_pred: Any, num_classes: int) -> np.ndarray:
+    """Per-class accuracy (recall); NaN for classes without clips."""
+    y = np.asarray(y_true)
+    pred = np.asarray(probs_or_pred)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    out = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        sel = y == c
+        if sel.any():
+            out[c] = float((pred[sel] == c).mean())
+    return out
+
+
+def macro_accuracy(y_true: Sequence[int], probs_or_pred: Any, num_classes: int | None = None) -> float:
+    """Class-averaged accuracy over the classes that have clips (DCASE's "accuracy")."""
+    pred = np.asarray(probs_or_pred)
+    n = num_classes or (pred.shape[1] if pred.ndim == 2 else int(max(np.max(y_true), pred.max())) + 1)
+    return float(np.nanmean(class_accuracies(y_true, pred, n)))
+
+
+def log_loss(y_true: Sequence[int], probs: Any, eps: float | None = None) -> float:
+    """Multi-class log loss: mean over clips of ``-log p(true)``, as scikit-learn computes it."""
+    p, _ = _as_probs(probs, eps)
+    y = np.asarray(y_true, dtype=np.int64)
+    if len(y) != len(p):
+        raise Sp4scError(f"log_loss: {len(y)} labels but {len(p)} probability rows")
+    if len(y) == 0:
+        raise Sp4scError("log_loss: no clips")
+    return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+
+def dcase_results(
+    y_true: Sequence[int],
+    probs: Any,
+    classes: Sequence[str],
+    devices: Sequence[str | None] | None = None,
+    eps: float | None = None,
+) -> dict[str, Any]:
+    """The DCASE development-results block: overall, class-wise and device-wise.
+
+    Returns:
+        ``{"overall": {"accuracy", "logloss"}, "class_wise": {scene: {"accuracy", "logloss"}},
+        "device_wise": {device: {"accuracy", "logloss"}}}`` with the DCASE meanings
+        (accuracy = class-wise average), plus ``"overall"["micro_accuracy"]``.
+    """
+    p, _ = _as_probs(probs, eps)
+    y = np.asarray(y_true, dtype=np.int64)
+    nc = len(classes)
+    if p.shape[1] != nc:
+        raise Sp4scError(f"dcase_results: {p.shape[1]} probability columns but {nc} classes")
+    nll = -np.log(p[np.arange(len(y)), y])
+    pred = p.argmax(axis=1)
+    cw_acc = class_accuracies(y, pred, nc)
+    out: dict[str, Any] = {
+        "overall": {
+            "accuracy": float(np.nanmean(cw_acc)),
+            "micro_accuracy": float((pred == y).mean()),
+            "logloss": float(nll.mean()),
+        },
+        "class_wise": {},
+        "device_wise": {},
+    }
+    for c, name in enumerate(classes):
+        sel = y == c
+        if sel.any():
+            out["class_wise"][name] = {"accuracy": float(cw_acc[c]), "logloss": float(nll[sel].mean())}
+    if devices is not None:
+        dev = np.asarray([UNKNOWN_DEVICE if d is None else str(d) for d in devices])
+        for name in dict.fromkeys(dev.tolist()):
+            sel = dev == name
+            out["device_wise"][name] = {
+                "accuracy": float(np.nanmean(class_accuracies(y[sel], pred[sel], nc))),
+                "logloss": float(nll[sel].mean()),
+            }
+    return out
+
+
+# ------------------------------------------------------------ torchmetrics
+
+class SceneMetrics(Metric):
+    """Accumulates what DCASE reports, per device and class, DDP-synced by sums.
+
+    ``update(logits_or_probs, target, device_index)``: ``device_index`` in
+    ``[0, len(device_names))``, or -1 / None for unknown devices.
+
+    Args:
+        num_classes: number of scenes.
+        device_names: names of the known devices (may be empty).
+        from_logits: ``update`` receives logits (softmax taken in float64).
+        eps: probability clip (default: float64 machine epsilon, as scikit-learn).
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, device_names: Sequence[str] = (), from_logits: bool = True,
+                 eps: float | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.device_names = [str(d) for d in device_names]
+        self.from_logits = from_logits
+        self.eps = float(np.finfo(np.float64).eps) if eps is None else float(eps)
+        shape = (len(self.device_names) + 1, self.num_classes)  # last row: unknown device
+        self.add_state("count", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("correct", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("nll", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("confusion", torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor, device_index: torch.Tensor | None = None) -> None:
+        # scores: (batch, classes); target: (batch,); device_index: (batch,)
+        scores = scores.detach().to(torch.float64)
+        if self.from_logits:
+            p = torch.softmax(scores, dim=1)
+        else:
+            p = scores / scores.sum(dim=1, keepdim=True)
+        p = p.clamp(self.eps, 1.0 - self.eps)
+        target = target.long()
+        b = target.shape[0]
+        nll = -torch.log(p.gather(1, target.view(-1, 1)).view(-1))  # (batch,)
+        pred = p.argmax(dim=1)
+        unknown = len(self.device_names)
+        if device_index is None:
+            dev = torch.full((b,), unknown, dtype=torch.long, device=target.device)
+        else:
+            dev = device_index.long().to(target.device)
+            dev = torch.where((dev < 0) | (dev >= unknown), torch.full_like(dev, unknown), dev)
+        flat = dev * self.num_classes + target  # (batch,)
+        size = self.count.numel()
+        self.count += torch.bincount(flat, minlength=size).view_as(self.count).to(torch.float64)
+        self.correct += torch.bincount(flat, weights=(pred == target).to(torch.float64),
+                                       minlength=size).view_as(self.count)
+        self.nll += torch.bincount(flat, weights=nll, minlength=size).view_as(self.count)
+        self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes ** 2
+                                         ).view(self.num_classes, self.num_classes).to(torch.float64)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Scalars and vectors: acc, macro_acc, logloss, class_acc, class_logloss, device_acc, device_logloss."""
+        count_c = self.count.sum(0)  # (classes,)
+        total = count_c.sum().clamp(min=1)
+        class_acc = self.correct.sum(0) / count_c  # NaN where a class has no clips
+        class_ll = self.nll.sum(0) / count_c
+        # device-wise: class-wise average within each device (DCASE), log loss over the device's clips
+        dev_class_acc = self.correct / self.count  # (devices+1, classes), NaN where empty
+        dev_count = self.count.sum(1)
+        device_acc = torch.nanmean(dev_class_acc, dim=1)
+        device_ll = self.nll.sum(1) / dev_count
+        return {
+            "acc": self.correct.sum() / total,
+            "macro_acc": torch.nanmean(class_acc),
+            "logloss": self.nll.sum() / total,
+            "class_acc": class_acc,
+            "class_logloss": class_ll,
+            "device_acc": device_acc,
+            "device_logloss": device_ll,
+            "device_count": dev_count,
+            "confusion": self.confusion.clone(),
+        }
+
+    def report(self, classes: Sequence[str]) -> dict[str, Any]:
+        """:meth:`compute` as the nested dict of :func:`dcase_results` (plain floats)."""
+        r = self.compute()
+        out: dict[str, Any] = {
+            "overall": {"accuracy": float(r["macro_acc"]), "micro_accuracy": float(r["acc"]),
+                        "logloss": float(r["logloss"])},
+            "class_wise": {},
+            "device_wise": {},
+        }
+        for c, name in enumerate(classes):
+            if not torch.isnan(r["class_acc"][c]):
+                out["class_wise"][name] = {"accuracy": float(r["class_acc"][c]),
+                                           "logloss": float(r["class_logloss"][c])}
+        for d, name in enumerate([*self.device_names, UNKNOWN_DEVICE]):
+            if r["device_count"][d] > 0:
+                out["device_wise"][name] = {"accuracy": float(r["device_acc"][d]),
+                                            "logloss": float(r["device_logloss"][d])}
+        return out
+
+
+def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "confusion (rows: true)"):
+    """A matplotlib figure of a row-normalised confusion matrix (for TensorBoard's add_figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(classes)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels=list(classes), fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
