@@ -1,0 +1,577 @@
+"""Check a DCASE 2021 Task 1A submission package against the challenge's rules.
+
+A package is a folder ``<label>/`` holding ``<label>.output.csv`` (the system
+output) and ``<label>.meta.yaml`` (the system description); ``sp4sc submit``
+also puts the exported ONNX model and ``complexity.json`` beside them, which
+the rules allow in our folder (zip only the two challenge files).
+
+The rules follow the organisers' task 1 submission validator (Tampere
+University, ``dcase2020_task1_submission_validator`` / its later editions) and
+the DCASE 2021 Task 1A meta template; facts only, no code was copied:
+
+* label ``Lastname_INST_task1a_N``: four ``_``-separated parts, the third is
+  ``task1a``, ``N`` in 1..4; the folder, both file prefixes and
+  ``submission.label`` are the same label;
+* output: tab-separated, header ``filename, scene_label`` then the ten scene
+  columns in :data:`sp4sc.constants.SCENES` order; one row per file, unique
+  bare file names ending in ``.wav`` (no ``audio/`` prefix); scene labels among
+  the ten classes; probabilities that parse as floats;
+* meta: the ``submission`` / ``system`` / ``results`` blocks with their
+  required fields, exactly one corresponding author, an abbreviation of at most
+  10 characters, ``total_parameters`` an integer, numeric (or empty) results.
+
+Stricter than the organisers' tool (they did not check these):
+
+* probabilities must be finite, lie in [0, 1] and sum to 1 within
+  :data:`SUM_TOL` (1e-3 by default: a file rounded to 4 decimals passes; the
+  organisers' log loss used scikit-learn, which renormalised each row, so
+  rounding did not change scores). ``sp4sc submit`` checks its own files at 1e-6;
+* ``scene_label`` should be the argmax of the row (accuracy is scored on
+  ``scene_label``, log loss on the probabilities; the rules did not require
+  them to agree, so a disagreement is a warning unless ``strict``);
+* with an evaluation folder, the rows are exactly the files of its
+  ``evaluation_setup/fold1_test.csv`` (the organisers checked a fixed count
+  and index range of ``<n>.wav`` names instead).
+
+Every violation is reported with its file and line, not only the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sp4sc.constants import BUDGET_BYTES, BUDGET_PARAMS, DEVICES, SCENES
+from sp4sc.errors import Sp4scError
+
+TASK = "task1a"
+HEADER: tuple[str, ...] = ("filename", "scene_label", *SCENES)
+SUM_TOL = 1e-3
+STRICT_SUM_TOL = 1e-6
+MAX_ABBREVIATION = 10
+_TAB = "\t"
+OUTPUT_SUFFIX = ".output.csv"
+META_SUFFIX = ".meta.yaml"
+
+# Required meta fields (DCASE 2021 Task 1A template and validator).
+SUBMISSION_FIELDS = ("label", "name", "abbreviation", "authors")
+AUTHOR_FIELDS = ("lastname", "firstname", "email", "affiliation")
+AFFILIATION_FIELDS = ("abbreviation", "institute")
+SYSTEM_FIELDS = ("description", "complexity", "external_datasets", "source_code")
+DESCRIPTION_FIELDS = (
+    "input_sampling_rate",
+    "acoustic_features",
+    "embeddings",
+    "data_augmentation",
+    "machine_learning_method",
+    "ensemble_method_subsystem_count",
+    "decision_making",
+    "external_data_usage",
+    "complexity_management",
+)
+COMPLEXITY_FIELDS = ("total_parameters", "total_parameters_non_zero", "model_size")
+EXTERNAL_DATASET_FIELDS = ("name", "url", "total_audio_length")
+RESULT_BLOCKS = ("overall", "class_wise", "device_wise")
+METRICS = ("logloss", "accuracy")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule, located in a file (and a line where one applies)."""
+
+    file: str
+    line: int | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message} [{self.rule}]"
+
+
+@dataclass
+class Report:
+    """Result of :func:`validate_submission`."""
+
+    directory: str
+    label: str
+    violations: list[Violation] = field(default_factory=list)
+    warnings: list[Violation] = field(default_factory=list)
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "label": self.label,
+            "valid": self.ok,
+            "rows": self.rows,
+            "violations": [dataclasses.asdict(v) for v in self.violations],
+            "warnings": [dataclasses.asdict(w) for w in self.warnings],
+        }
+
+
+class _Collector:
+    def __init__(self, report: Report, strict: bool) -> None:
+        self.report = report
+        self.strict = strict
+
+    def error(self, file: str, line: int | None, rule: str, message: str) -> None:
+        self.report.violations.append(Violation(file, line, rule, message))
+
+    def warn(self, file: str, line: int | None, rule: str, message: str) -> None:
+        target = self.report.violations if self.strict else self.report.warnings
+        target.append(Violation(file, line, rule, message))
+
+
+# ----------------------------------------------------------------------------- label
+
+
+def label_problems(label: str) -> list[str]:
+    """What is wrong with a submission label (empty when it is well formed)."""
+    parts = label.split("_")
+    if len(parts) != 4:
+        return [f"label {label!r} has {len(parts)} '_'-separated parts; expected 4: Lastname_INST_{TASK}_N"]
+    problems = []
+    lastname, inst, task, index = parts
+    for name, value in (("last name", lastname), ("institute abbreviation", inst)):
+        if not value:
+            problems.append(f"label {label!r}: the {name} part is empty")
+        elif any(c.isspace() or c in "/\\." for c in value):
+            problems.append(f"label {label!r}: the {name} part {value!r} has spaces, dots or slashes")
+    if task != TASK:
+        problems.append(f"label {label!r}: third part is {task!r}; expected {TASK!r}")
+    if not (index.isdigit() and 1 <= int(index) <= 4):
+        problems.append(f"label {label!r}: submission index {index!r} must be 1, 2, 3 or 4")
+    return problems
+
+
+# ----------------------------------------------------------------------------- eval list
+
+
+def eval_file_names(eval_root: str | os.PathLike) -> list[str]:
+    """Bare file names listed in ``<eval_root>/evaluation_setup/fold1_test.csv``."""
+    path = Path(eval_root) / "evaluation_setup" / "fold1_test.csv"
+    if not path.is_file():
+        raise Sp4scError(
+            f"{path}: not found; --eval-root must be a TAU evaluation folder "
+            "(evaluation_setup/fold1_test.csv and audio/)"
+        )
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if not lines or lines[0].split("\t")[0].strip() != "filename":
+        raise Sp4scError(f"{path}: first line must be the header 'filename'; is it a TAU fold file?")
+    names = []
+    for line in lines[1:]:
+        if line.strip():
+            names.append(line.split("\t")[0].strip().replace("\\", "/").rsplit("/", 1)[-1])
+    return names
+
+
+# ----------------------------------------------------------------------------- output csv
+
+
+def _parse_prob(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value
+
+
+def check_output(
+    path: Path,
+    col: _Collector,
+    *,
+    expected: list[str] | None = None,
+    sum_tol: float = SUM_TOL,
+) -> int:
+    """Check ``<label>.output.csv``; returns the number of data rows."""
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        col.error(name, None, "output-read", f"cannot read ({exc.strerror})")
+        return 0
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        col.error(name, None, "output-encoding", f"not UTF-8 text (byte {exc.start}); write it as UTF-8")
+        return 0
+    if text.startswith("\ufeff"):
+        col.warn(name, 1, "output-bom", "starts with a byte-order mark; some readers take it as part of 'filename'")
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    if not lines:
+        col.error(name, None, "output-empty", "file is empty; expected a header and one row per evaluation file")
+        return 0
+
+    header = lines[0].split("\t")
+    if len(header) == 1 and ("," in lines[0] or ";" in lines[0]):
+        col.error(name, 1, "output-delimiter", "header is not tab-separated (found ',' or ';'); use tabs")
+    elif tuple(h.strip() for h in header) != HEADER:
+        col.error(
+            name, 1, "output-header",
+            f"header is {lines[0]!r}; expected exactly {_TAB.join(HEADER)!r} (tab-separated, this order)",
+        )
+
+    seen: dict[str, int] = {}
+    n_rows = 0
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            col.error(name, lineno, "output-blank-line", "blank line inside the file; remove it")
+            continue
+        n_rows += 1
+        fields = line.split("\t")
+        if len(fields) != len(HEADER):
+            col.error(name, lineno, "output-fields", f"{len(fields)} tab-separated fields; expected {len(HEADER)}")
+            if len(fields) < 2:
+                continue
+        filename, scene = fields[0], fields[1]
+        if "/" in filename or "\\" in filename:
+            col.error(name, lineno, "filename-path", f"file name {filename!r} has a folder part; write the bare name (no 'audio/')")
+        bare = filename.replace("\\", "/").rsplit("/", 1)[-1]
+        if not bare.endswith(".wav"):
+            col.error(name, lineno, "filename-extension", f"file name {filename!r} does not end in '.wav'")
+        if bare in seen:
+            col.error(name, lineno, "filename-duplicate", f"file {bare!r} already on line {seen[bare]}")
+        else:
+            seen[bare] = lineno
+        if scene not in SCENES:
+            col.error(name, lineno, "scene-label", f"scene label {scene!r} is not one of the 10 classes")
+        probs = []
+        for scene_name, text_value in zip(SCENES, fields[2:]):
+            value = _parse_prob(text_value)
+            if value is None or not math.isfinite(value):
+                col.error(name, lineno, "prob-float", f"{scene_name}={text_value!r} is not a finite number")
+                probs = None
+                continue
+            if not 0.0 <= value <= 1.0:
+                col.error(name, lineno, "prob-range", f"{scene_name}={text_value} is outside [0, 1]")
+            if probs is not None:
+                probs.append(value)
+        if probs is not None and len(probs) == len(SCENES):
+            total = math.fsum(probs)
+            if abs(total - 1.0) > sum_tol:
+                col.error(name, lineno, "prob-sum", f"probabilities sum to {total!r}; must be 1 within {sum_tol:g}")
+            if scene in SCENES:
+                top = max(probs)
+                if probs[SCENES.index(scene)] < top:
+                    col.warn(
+                        name, lineno, "argmax",
+                        f"scene_label {scene!r} is not the most probable class ({SCENES[probs.index(top)]!r}, {top:.6g})",
+                    )
+    if n_rows == 0:
+        col.error(name, None, "output-empty", "no data rows; expected one row per evaluation file")
+
+    if expected is not None:
+        expected_set = set(expected)
+        for bare, lineno in seen.items():
+            if bare not in expected_set:
+                col.error(name, lineno, "eval-extra", f"file {bare!r} is not in the evaluation list fold1_test.csv")
+        missing = [f for f in expected if f not in seen]
+        for f in missing:
+            col.error(name, None, "eval-missing", f"evaluation file {f!r} has no row")
+    return n_rows
+
+
+# ----------------------------------------------------------------------------- meta yaml
+
+
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each key path of a YAML document to its 1-based line."""
+    import yaml
+
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (key.value,)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = path + (i,)
+                lines[sub] = item.start_mark.line + 1
+                walk(item, sub)
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        lines[()] = root.start_mark.line + 1
+        walk(root, ())
+    return lines
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
+    """Check ``<label>.meta.yaml``; returns the parsed meta (None when unreadable)."""
+    import yaml
+
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        col.error(name, None, "meta-encoding", "not UTF-8 text")
+        return None
+    except OSError as exc:
+        col.error(name, None, "meta-read", f"cannot read ({exc.strerror})")
+        return None
+    try:
+        meta = yaml.safe_load(text)
+        lines = _yaml_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        col.error(name, mark.line + 1 if mark else None, "meta-yaml", f"not valid YAML: {problem}")
+        return None
+    if not isinstance(meta, dict):
+        col.error(name, 1, "meta-structure", "top level must be a mapping with 'submission', 'system' and 'results'")
+        return None
+
+    def line(*keys) -> int | None:
+        keys = tuple(keys)
+        while keys and keys not in lines:
+            keys = keys[:-1]
+        return lines.get(keys)
+
+    def dotted(keys) -> str:
+        return ".".join(str(k) for k in keys)
+
+    def need_mapping(parent: dict, keys: tuple, required: tuple[str, ...]) -> dict | None:
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if keys[-1] not in parent:
+            col.error(name, line(*keys[:-1]) if len(keys) > 1 else None, "meta-missing", f"'{dotted(keys)}' block is missing")
+            return None
+        if not isinstance(value, dict):
+            col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must be a mapping")
+            return None
+        for f in required:
+            if f not in value:
+                col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no required field '{f}'")
+        return value
+
+    # submission
+    sub = need_mapping(meta, ("submission",), SUBMISSION_FIELDS)
+    if sub is not None:
+        for f in ("label", "name", "abbreviation"):
+            if f in sub and not _is_text(sub[f]):
+                col.error(name, line("submission", f), "meta-type", f"'submission.{f}' must be non-empty text")
+        if isinstance(sub.get("label"), str):
+            for problem in label_problems(sub["label"]):
+                col.error(name, line("submission", "label"), "label-format", problem)
+            if sub["label"] != label:
+                col.error(name, line("submission", "label"), "label-mismatch",
+                          f"submission.label {sub['label']!r} differs from the package label {label!r}")
+        if isinstance(sub.get("abbreviation"), str) and len(sub["abbreviation"]) > MAX_ABBREVIATION:
+            col.error(name, line("submission", "abbreviation"), "meta-abbreviation",
+                      f"abbreviation {sub['abbreviation']!r} is longer than {MAX_ABBREVIATION} characters")
+        authors = sub.get("authors")
+        if "authors" in sub:
+            if not isinstance(authors, list) or not authors:
+                col.error(name, line("submission", "authors"), "meta-type", "'submission.authors' must be a non-empty list")
+            else:
+                corresponding = 0
+                for i, author in enumerate(authors):
+                    where = line("submission", "authors", i)
+                    if not isinstance(author, dict):
+                        col.error(name, where, "meta-type", f"'submission.authors[{i}]' must be a mapping")
+                        continue
+                    for f in AUTHOR_FIELDS:
+                        if f not in author:
+                            col.error(name, where, "meta-missing", f"'submission.authors[{i}]' has no required field '{f}'")
+                    for f in ("lastname", "firstname", "email"):
+                        if f in author and not _is_text(author[f]):
+                            col.error(name, line("submission", "authors", i, f), "meta-type",
+                                      f"'submission.authors[{i}].{f}' must be non-empty text")
+                    aff = author.get("affiliation")
+                    if "affiliation" in author:
+                        if not isinstance(aff, dict):
+                            col.error(name, line("submission", "authors", i, "affiliation"), "meta-type",
+                                      f"'submission.authors[{i}].affiliation' must be a mapping (abbreviation, institute, ...)")
+                        else:
+                            for f in AFFILIATION_FIELDS:
+                                if not _is_text(aff.get(f)):
+                                    col.error(name, line("submission", "authors", i, "affiliation"), "meta-missing",
+                                              f"'submission.authors[{i}].affiliation.{f}' must be non-empty text")
+                    if author.get("corresponding") is True:
+                        corresponding += 1
+                if corresponding != 1:
+                    col.error(name, line("submission", "authors"), "meta-corresponding",
+                              f"exactly one author must have 'corresponding: true' (found {corresponding})")
+
+    # system
+    system = need_mapping(meta, ("system",), SYSTEM_FIELDS)
+    if system is not None:
+        desc = need_mapping(system, ("system", "description"), DESCRIPTION_FIELDS) if "description" in system else None
+        if desc is not None:
+            count = desc.get("ensemble_method_subsystem_count")
+            if count is not None and not (_is_int(count) and count >= 1):
+                col.error(name, line("system", "description", "ensemble_method_subsystem_count"), "meta-type",
+                          "'system.description.ensemble_method_subsystem_count' must be a positive integer or null")
+            for f in DESCRIPTION_FIELDS:
+                v = desc.get(f)
+                if isinstance(v, (dict, list)):
+                    col.error(name, line("system", "description", f), "meta-type",
+                              f"'system.description.{f}' must be text, a number or null")
+        cx = need_mapping(system, ("system", "complexity"), COMPLEXITY_FIELDS) if "complexity" in system else None
+        if cx is not None:
+            for f in ("total_parameters", "total_parameters_non_zero"):
+                if f in cx and not (_is_int(cx[f]) and cx[f] >= 0):
+                    col.error(name, line("system", "complexity", f), "meta-type",
+                              f"'system.complexity.{f}' must be a non-negative integer (got {cx[f]!r})")
+            if "model_size" in cx and not (_is_number(cx["model_size"]) and cx["model_size"] >= 0):
+                col.error(name, line("system", "complexity", "model_size"), "meta-type",
+                          f"'system.complexity.model_size' must be a non-negative number of KB (got {cx['model_size']!r})")
+            if _is_int(cx.get("total_parameters")) and _is_int(cx.get("total_parameters_non_zero")):
+                if cx["total_parameters_non_zero"] > cx["total_parameters"]:
+                    col.error(name, line("system", "complexity", "total_parameters_non_zero"), "meta-type",
+                              "'total_parameters_non_zero' exceeds 'total_parameters'")
+            if _is_int(cx.get("total_parameters")) and cx["total_parameters"] > BUDGET_PARAMS:
+                col.warn(name, line("system", "complexity", "total_parameters"), "budget",
+                         f"{cx['total_parameters']} parameters: over the DCASE 2021 limit of {BUDGET_PARAMS}")
+            if _is_number(cx.get("model_size")) and cx["model_size"] > BUDGET_BYTES / 1024:
+                col.warn(name, line("system", "complexity", "model_size"), "budget",
+                         f"model size {cx['model_size']} KB: over the DCASE 2021 limit of {BUDGET_BYTES / 1024:g} KB")
+        ext = system.get("external_datasets")
+        if ext not in (None, "") and not isinstance(ext, list):
+            col.error(name, line("system", "external_datasets"), "meta-type",
+                      "'system.external_datasets' must be a list of {name, url, total_audio_length} (or empty)")
+        elif isinstance(ext, list):
+            for i, item in enumerate(ext):
+                missing = [f for f in EXTERNAL_DATASET_FIELDS if not isinstance(item, dict) or f not in item]
+                if missing:
+                    col.error(name, line("system", "external_datasets", i), "meta-missing",
+                              f"'system.external_datasets[{i}]' has no field(s) {', '.join(missing)}")
+        src = system.get("source_code")
+        if src is not None and not isinstance(src, str):
+            col.error(name, line("system", "source_code"), "meta-type", "'system.source_code' must be a URL text (or empty)")
+
+    # results
+    results = need_mapping(meta, ("results",), ("development_dataset",))
+    if results is not None and "development_dataset" in results:
+        dev = need_mapping(results, ("results", "development_dataset"), RESULT_BLOCKS)
+        if dev is not None:
+            empty = 0
+            total = 0
+
+            def metric_block(keys: tuple, block) -> None:
+                nonlocal empty, total
+                if not isinstance(block, dict):
+                    col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must map logloss and accuracy")
+                    return
+                for m in METRICS:
+                    if m not in block:
+                        col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no '{m}'")
+                        continue
+                    v = block[m]
+                    total += 1
+                    if v is None:
+                        empty += 1
+                    elif not _is_number(v):
+                        col.error(name, line(*keys, m), "meta-type", f"'{dotted(keys + (m,))}' must be a number (got {v!r})")
+                    elif m == "accuracy" and not 0 <= v <= 100:
+                        col.error(name, line(*keys, m), "meta-range", f"'{dotted(keys + (m,))}' = {v} is not a percentage in [0, 100]")
+                    elif m == "logloss" and v < 0:
+                        col.error(name, line(*keys, m), "meta-range", f"'{dotted(keys + (m,))}' = {v} is negative")
+
+            base = ("results", "development_dataset")
+            if "overall" in dev:
+                metric_block(base + ("overall",), dev["overall"])
+            for block_name, keys_required in (("class_wise", SCENES), ("device_wise", DEVICES)):
+                if block_name not in dev:
+                    continue
+                block = dev[block_name]
+                if not isinstance(block, dict):
+                    col.error(name, line(*base, block_name), "meta-type", f"'{dotted(base + (block_name,))}' must be a mapping")
+                    continue
+                for k in keys_required:
+                    if k not in block:
+                        col.error(name, line(*base, block_name), "meta-missing", f"'{dotted(base + (block_name,))}' has no '{k}'")
+                for k, v in block.items():
+                    if k not in keys_required:
+                        col.error(name, line(*base, block_name, k), "meta-key",
+                                  f"'{dotted(base + (block_name,))}' has unknown key {k!r}; expected {', '.join(keys_required)}")
+                    metric_block(base + (block_name, k), v)
+            if total and empty == total:
+                col.warn(name, line(*base), "results-empty",
+                         "development results are empty; the organisers highly recommend them (sp4sc submit --dev-root)")
+            elif empty:
+                col.warn(name, line(*base), "results-partial", f"{empty} of {total} development results are empty")
+    return meta
+
+
+# ----------------------------------------------------------------------------- package
+
+
+def validate_submission(
+    directory: str | os.PathLike,
+    *,
+    eval_root: str | os.PathLike | None = None,
+    label: str | None = None,
+    sum_tol: float = SUM_TOL,
+    strict: bool = False,
+) -> Report:
+    """Check a submission package folder; every violation is collected.
+
+    Args:
+        directory: the package folder ``<label>/``.
+        eval_root: a TAU evaluation folder; its ``evaluation_setup/fold1_test.csv``
+            must list exactly the rows of the output.
+        label: the label to expect (default: the folder's name; ``sp4sc submit``
+            passes it while the package is still in a temporary folder).
+        sum_tol: tolerance on the sum of each row's probabilities.
+        strict: treat warnings (scene_label not the argmax, empty results,
+            over budget) as violations.
+
+    Raises:
+        Sp4scError: the folder or the evaluation list cannot be read at all.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise Sp4scError(f"{directory}: not a folder; give the package folder <label>/ (e.g. submissions/Lastname_INST_task1a_1)")
+    expected = eval_file_names(eval_root) if eval_root is not None else None
+    label = label or directory.name
+    report = Report(directory=str(directory), label=label)
+    col = _Collector(report, strict)
+
+    for problem in label_problems(label):
+        col.error(str(directory), None, "label-format", problem)
+
+    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    for n in names:
+        for suffix in (OUTPUT_SUFFIX, META_SUFFIX):
+            if n.endswith(suffix) and n[: -len(suffix)] != label:
+                col.error(str(directory / n), None, "label-mismatch",
+                          f"file prefix {n[: -len(suffix)]!r} differs from the package label {label!r}")
+    output = directory / f"{label}{OUTPUT_SUFFIX}"
+    meta = directory / f"{label}{META_SUFFIX}"
+    if not output.is_file():
+        col.error(str(output), None, "output-missing", f"system output {output.name} is missing")
+    else:
+        report.rows = check_output(output, col, expected=expected, sum_tol=sum_tol)
+    if not meta.is_file():
+        col.error(str(meta), None, "meta-missing-file", f"meta information {meta.name} is missing")
+    else:
+        check_meta(meta, col, label=label)
+    return report
