@@ -1,0 +1,498 @@
+"""Write a DCASE 2021 Task 1A submission package (``sp4sc submit``).
+
+The package ``<out>/<label>/`` holds
+
+* ``<label>.output.csv``: tab-separated, header ``filename, scene_label`` and
+  the ten scenes (:data:`sp4sc.constants.SCENES` order), one row per evaluation
+  file (bare name, no ``audio/``), ``scene_label`` the argmax, probabilities
+  normalised in float64 to sum to 1 and written with Python's shortest
+  round-trip ``repr`` (17 significant digits at most), so reading the file back
+  gives the very floats the log loss was computed from;
+* ``<label>.meta.yaml``: the DCASE 2021 Task 1A meta structure: hand-written
+  fields from the template (``submissions/meta_template.yaml``), complexity of
+  the BatchNorm-folded model (:mod:`sp4sc.complexity`), development results on
+  the fold1 ``evaluate`` split when a development folder is given;
+* the exported ONNX model and ``complexity.json`` (:mod:`sp4sc.onnx_export`).
+
+Predictions come from the folded model with its weights rounded to float16
+and back (``precision="fp16"``, the default), i.e. the model whose size the meta
+file reports -- what SP4ASC did for its DCASE 2021 entry (facts read from
+valeoai/SP4ASC ``sp4asc/testing.py``; no code copied).
+
+Test-time augmentation (``tta=N``) is SP4ASC's: SpecAugment stays active at
+test time and the softmax of N augmented passes is averaged; the stripes come
+from a generator seeded with ``seed``, so a rerun writes the same file.
+
+Everything is written into a temporary folder beside the target, validated by
+:func:`sp4sc.validate.validate_submission`, and renamed into place
+(:func:`sp4sc.fileio.atomic_dir`): a failure leaves no package behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sp4sc.constants import DEVICES, SCENES
+from sp4sc.errors import BudgetExceeded, Sp4scError
+from sp4sc.log import logger
+from sp4sc.validate import HEADER, META_SUFFIX, OUTPUT_SUFFIX, STRICT_SUM_TOL, label_problems, validate_submission
+
+PRECISIONS = {"fp32": 4, "fp16": 2}
+TEMPLATE_NAME = "meta_template.yaml"
+REPO_TEMPLATE = Path(__file__).resolve().parents[1] / "submissions" / TEMPLATE_NAME
+
+
+# ----------------------------------------------------------------------------- output csv
+
+
+def normalise_probs(probs: Any) -> np.ndarray:
+    """Rows of non-negative finite scores -> float64 rows summing to 1 (to ~1e-16).
+
+    Raises:
+        Sp4scError: NaN/inf, negative values, a row summing to 0, wrong shape.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise Sp4scError(f"probabilities: expected (files, classes), got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise Sp4scError("probabilities: NaN or inf in the model output; check the model and the audio")
+    if (p < 0).any():
+        raise Sp4scError("probabilities: negative values; expected softmax outputs")
+    sums = p.sum(axis=1, keepdims=True)
+    if (sums <= 0).any():
+        raise Sp4scError("probabilities: a row sums to 0")
+    return p / sums
+
+
+def format_prob(value: float) -> str:
+    """Shortest text that reads back as exactly ``value`` (float64)."""
+    return repr(float(value))
+
+
+def reorder_columns(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Columns in the model's class order -> columns in DCASE :data:`SCENES` order."""
+    classes = list(classes)
+    if classes == list(SCENES):
+        return probs
+    if sorted(classes) != sorted(SCENES):
+        raise Sp4scError(
+            f"model classes {classes} are not the 10 DCASE Task 1A scenes; "
+            "a submission needs a model trained on TAU Urban Acoustic Scenes"
+        )
+    return probs[:, [classes.index(s) for s in SCENES]]
+
+
+def output_csv_text(names: Sequence[str], probs: Any) -> str:
+    """The text of ``<label>.output.csv`` for bare file ``names`` and (N, 10) probabilities in SCENES order."""
+    p = normalise_probs(probs)
+    if p.shape != (len(names), len(SCENES)):
+        raise Sp4scError(f"probabilities: shape {p.shape}, expected ({len(names)}, {len(SCENES)})")
+    lines = ["\t".join(HEADER)]
+    for name, row in zip(names, p):
+        lines.append("\t".join([name, SCENES[int(np.argmax(row))], *(format_prob(v) for v in row)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_output_csv(path: str | os.PathLike, names: Sequence[str], probs: Any) -> None:
+    """Write ``<label>.output.csv`` atomically (see :func:`output_csv_text`)."""
+    from sp4sc.fileio import write_text
+
+    write_text(path, output_csv_text(names, probs))
+
+
+def bare_name(path: str) -> str:
+    """``audio/12.wav`` -> ``12.wav``."""
+    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# ----------------------------------------------------------------------------- meta yaml
+
+
+def default_template(out: str | os.PathLike | None = None) -> Path:
+    """``<out>/meta_template.yaml`` when it exists, else the repository's copy."""
+    if out is not None and (Path(out) / TEMPLATE_NAME).is_file():
+        return Path(out) / TEMPLATE_NAME
+    return REPO_TEMPLATE
+
+
+def load_template(path: str | os.PathLike) -> dict:
+    """Read the hand-written meta template (a YAML mapping)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise Sp4scError(f"{path}: meta template not found; pass --template PATH (start from submissions/{TEMPLATE_NAME})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise Sp4scError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)}); fix the template") from exc
+    except UnicodeDecodeError as exc:
+        raise Sp4scError(f"{path}: not UTF-8 text") from exc
+    if not isinstance(data, dict):
+        raise Sp4scError(f"{path}: a meta template is a YAML mapping with 'submission' and 'system' blocks")
+    return data
+
+
+def complexity_fields(report: dict, precision: str = "fp16") -> dict[str, Any]:
+    """``system.complexity`` of the meta file from :func:`sp4sc.complexity.complexity_report`.
+
+    ``model_size`` is in KB of 1024 bytes at ``precision`` (DCASE 2021: 128 KB
+    = 131,072 bytes at float16), as SP4ASC reported 62,474 params = 122.02 KB.
+    """
+    params = _first_int(report, ("params", "parameters", "total_parameters", "n_params"))
+    nonzero = _first_int(report, ("nonzero", "non_zero", "params_nonzero", "nonzero_params", "total_parameters_non_zero"))
+    if params is None:
+        raise Sp4scError(f"complexity report has no parameter count (keys: {sorted(report)})")
+    if nonzero is None:
+        nonzero = params
+    nbytes = None
+    byte_block = report.get("bytes")
+    if isinstance(byte_block, dict):
+        nbytes = byte_block.get(precision)
+    if nbytes is None:
+        nbytes = report.get(f"bytes_{precision}")
+    if nbytes is None:
+        nbytes = params * PRECISIONS[precision]
+    return {
+        "total_parameters": int(params),
+        "total_parameters_non_zero": int(nonzero),
+        "model_size": float(nbytes) / 1024.0,
+    }
+
+
+def _first_int(report: dict, keys: Sequence[str]) -> int | None:
+    for k in keys:
+        v = report.get(k)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return int(v)
+    return None
+
+
+def sampling_rate_text(rate: int) -> str:
+    """44100 -> '44.1kHz' (the DCASE tag style)."""
+    return f"{rate / 1000:g}kHz"
+
+
+def empty_results() -> dict[str, Any]:
+    """The DCASE results block with every value null."""
+    blank = {"logloss": None, "accuracy": None}
+    return {
+        "development_dataset": {
+            "overall": dict(blank),
+            "class_wise": {s: dict(blank) for s in SCENES},
+            "device_wise": {d: dict(blank) for d in DEVICES},
+        }
+    }
+
+
+def results_block(y_true: Sequence[int], probs: Any, devices: Sequence[str | None]) -> dict[str, Any]:
+    """DCASE results (accuracy in %, log loss) from probabilities in SCENES order.
+
+    Uses :func:`sp4sc.metrics.dcase_results` (DCASE 2021 baseline conventions:
+    overall log loss over clips, accuracy the class-wise average); classes or
+    devices absent from the split are left null.
+    """
+    from sp4sc.metrics import dcase_results
+
+    res = dcase_results(y_true, probs, SCENES, devices)
+    out = empty_results()
+    dev = out["development_dataset"]
+
+    def fill(target: dict, src: dict) -> None:
+        target["logloss"] = float(src["logloss"])
+        acc = src["accuracy"]
+        target["accuracy"] = None if acc is None or not math.isfinite(acc) else float(acc) * 100.0
+
+    fill(dev["overall"], res["overall"])
+    for s, v in res["class_wise"].items():
+        fill(dev["class_wise"][s], v)
+    for d, v in res["device_wise"].items():
+        if d in dev["device_wise"]:
+            fill(dev["device_wise"][d], v)
+        else:
+            logger.warning(f"development split has device {d!r}, which is not a DCASE device; left out of device_wise")
+    return out
+
+
+def build_meta(
+    template: dict,
+    *,
+    label: str,
+    complexity: dict[str, Any],
+    sample_rate: int,
+    results: dict[str, Any] | None,
+    tta: int = 0,
+    over_budget: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The meta dictionary: the template plus the fields sp4sc measures.
+
+    Args:
+        template: hand-written fields (see ``submissions/meta_template.yaml``).
+        label: the submission label.
+        complexity: from :func:`complexity_fields`.
+        sample_rate: the front end's rate in Hz.
+        results: from :func:`results_block`, or None (left empty).
+        tta: number of test-time augmentation passes (0: none).
+        over_budget: a note when the model is over budget (``--no-budget``).
+        provenance: extra ``sp4sc`` block (checkpoint, model, seed, ...).
+    """
+    meta = copy.deepcopy(template)
+    sub = meta.setdefault("submission", {})
+    if not isinstance(sub, dict):
+        raise Sp4scError("meta template: 'submission' must be a mapping")
+    sub["label"] = label
+    system = meta.setdefault("system", {})
+    if not isinstance(system, dict):
+        raise Sp4scError("meta template: 'system' must be a mapping")
+    desc = system.setdefault("description", {})
+    if not isinstance(desc, dict):
+        raise Sp4scError("meta template: 'system.description' must be a mapping")
+    desc["input_sampling_rate"] = sampling_rate_text(sample_rate)
+    if tta > 0:
+        desc["ensemble_method_subsystem_count"] = int(tta)
+        desc["decision_making"] = "average"
+    if over_budget:
+        prev = desc.get("complexity_management")
+        desc["complexity_management"] = f"{prev}; {over_budget}" if prev else over_budget
+    system["complexity"] = dict(complexity)
+    system.setdefault("external_datasets", "")
+    system.setdefault("source_code", "")
+    meta["results"] = results if results is not None else empty_results()
+    if provenance:
+        meta["sp4sc"] = provenance
+    return meta
+
+
+def meta_yaml_text(meta: dict) -> str:
+    """YAML text of the meta dictionary (block style, key order kept)."""
+    import yaml
+
+    return "# DCASE 2021 Task 1A system meta information, written by `sp4sc submit`.\n" + yaml.safe_dump(
+        meta, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+
+
+def template_placeholders(template: dict) -> list[str]:
+    """Hand-written fields still holding the template's example values."""
+    found = []
+    authors = (template.get("submission") or {}).get("authors") or []
+    for i, a in enumerate(authors if isinstance(authors, list) else []):
+        if isinstance(a, dict):
+            if a.get("lastname") == "Lastname":
+                found.append(f"submission.authors[{i}].lastname")
+            if str(a.get("email", "")).endswith("@example.org"):
+                found.append(f"submission.authors[{i}].email")
+    return found
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def quantise_weights(model, precision: str):
+    """A copy of ``model`` whose float weights are rounded to ``precision`` and back to float32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise Sp4scError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    out = copy.deepcopy(model).eval()
+    if precision == "fp16":
+        with torch.no_grad():
+            for t in list(out.parameters()) + list(out.buffers()):
+                if t.is_floating_point():
+                    t.copy_(t.to(torch.float16).to(t.dtype))
+    return out
+
+
+def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16) -> np.ndarray:
+    """(N, C) probabilities in the model's class order, via :func:`sp4sc.infer.predict_files`."""
+    from sp4sc.infer import predict_files
+
+    return np.asarray(predict_files(loaded, [str(f) for f in files], tta=tta, seed=seed, batch_size=batch_size))
+
+
+# ----------------------------------------------------------------------------- package
+
+
+@dataclass
+class SubmitResult:
+    """What :func:`make_submission` wrote."""
+
+    path: Path
+    label: str
+    rows: int
+    complexity: dict[str, Any]
+    results: dict[str, Any] | None
+    over_budget: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _export(loaded, pkg: Path, *, no_budget: bool) -> None:
+    """Export the ONNX model and complexity.json into the package folder."""
+    from sp4sc.onnx_export import export_onnx
+
+    scratch = pkg / ".onnx_export"
+    export_onnx(loaded, scratch, no_budget=no_budget)
+    for item in sorted(scratch.iterdir()):
+        shutil.move(str(item), str(pkg / item.name))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def make_submission(
+    ckpt: str | os.PathLike,
+    eval_root: str | os.PathLike,
+    label: str,
+    *,
+    dev_root: str | os.PathLike | None = None,
+    out: str | os.PathLike = "submissions",
+    tta: int = 0,
+    seed: int = 0,
+    force: bool = False,
+    no_budget: bool = False,
+    template: str | os.PathLike | None = None,
+    precision: str = "fp16",
+    batch_size: int = 16,
+    export: bool = True,
+) -> SubmitResult:
+    """Write and validate ``<out>/<label>/`` (see the module docstring).
+
+    Raises:
+        Sp4scError: bad label, existing package without ``force``, unreadable
+            inputs, or a package that fails validation (nothing is left behind).
+        BudgetExceeded: the folded model is over budget and ``no_budget`` is False.
+    """
+    from sp4sc.checkpoint import LoadedModel, load_model
+    from sp4sc.complexity import check_budget, complexity_report
+    from sp4sc.data.index import load_index
+    from sp4sc.fileio import atomic_dir, write_json, write_text
+    from sp4sc.fold import fold_batchnorm
+
+    problems = label_problems(label)
+    if problems:
+        raise Sp4scError(f"--label: {problems[0]}")
+    if tta < 0:
+        raise Sp4scError(f"--tta {tta}: must be 0 (off) or a positive number of passes")
+    if precision not in PRECISIONS:
+        raise Sp4scError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    target = Path(out) / label
+    if target.exists() and not force:
+        raise Sp4scError(f"{target} already exists; pass --force to replace it")
+    template_path = Path(template) if template is not None else default_template(out)
+    tmpl = load_template(template_path)
+    warnings: list[str] = []
+    for field_name in template_placeholders(tmpl):
+        warnings.append(f"{template_path}: {field_name} still holds the template's example value; edit it before submitting")
+
+    loaded = load_model(ckpt)
+    folded = fold_batchnorm(loaded.model)
+    report = complexity_report(folded, loaded.frontend)
+    over_budget = None
+    try:
+        check_budget(report)
+    except BudgetExceeded as exc:
+        if not no_budget:
+            raise
+        over_budget = f"over the DCASE 2021 complexity budget, written with --no-budget ({exc})"
+        warnings.append(f"model is {over_budget}")
+    cx = complexity_fields(report, precision)
+
+    deployed = LoadedModel(
+        model=quantise_weights(folded, precision),
+        name=loaded.name,
+        model_kwargs=loaded.model_kwargs,
+        frontend=loaded.frontend,
+        classes=loaded.classes,
+        meta=loaded.meta,
+    )
+
+    eval_index = load_index("tau2021eval", eval_root)
+    eval_clips = eval_index.split("test")
+    if not eval_clips:
+        raise Sp4scError(f"{eval_root}: evaluation_setup/fold1_test.csv lists no files")
+    names = [bare_name(c.path) for c in eval_clips]
+    eval_probs = reorder_columns(
+        predict(deployed, [Path(eval_index.root) / c.path for c in eval_clips], tta=tta, seed=seed, batch_size=batch_size),
+        loaded.classes,
+    )
+
+    results = None
+    if dev_root is not None:
+        dev_index = load_index("tau2020", dev_root)
+        dev_clips = dev_index.split("evaluate")
+        if not dev_clips:
+            raise Sp4scError(f"{dev_root}: evaluation_setup/fold1_evaluate.csv lists no files")
+        unknown = sorted({c.scene for c in dev_clips if c.scene not in SCENES})
+        if unknown:
+            raise Sp4scError(f"{dev_root}: fold1_evaluate.csv has scene labels {unknown} outside the 10 DCASE scenes")
+        dev_probs = reorder_columns(
+            predict(deployed, [Path(dev_index.root) / c.path for c in dev_clips], tta=tta, seed=seed, batch_size=batch_size),
+            loaded.classes,
+        )
+        results = results_block([SCENES.index(c.scene) for c in dev_clips], normalise_probs(dev_probs), [c.device for c in dev_clips])
+    else:
+        warnings.append("no --dev-root: development results in the meta file are left empty (the organisers highly recommend them)")
+
+    import sp4sc
+
+    provenance = {
+        "version": sp4sc.__version__,
+        "checkpoint": Path(ckpt).name,
+        "model": loaded.name,
+        "frontend": getattr(loaded.frontend, "name", None),
+        "precision": precision,
+        "tta": int(tta),
+        "seed": int(seed),
+        "budget": "EXCEEDED (--no-budget)" if over_budget else "within the DCASE 2021 limits",
+    }
+    meta = build_meta(
+        tmpl,
+        label=label,
+        complexity=cx,
+        sample_rate=loaded.frontend.sample_rate,
+        results=results,
+        tta=tta,
+        over_budget=over_budget,
+        provenance=provenance,
+    )
+
+    with atomic_dir(target, overwrite=force) as tmp:
+        write_output_csv(tmp / f"{label}{OUTPUT_SUFFIX}", names, eval_probs)
+        write_text(tmp / f"{label}{META_SUFFIX}", meta_yaml_text(meta))
+        if export:
+            _export(loaded, tmp, no_budget=no_budget)
+        if not (tmp / "complexity.json").exists():
+            write_json(tmp / "complexity.json", _jsonable(report))
+        check = validate_submission(tmp, eval_root=eval_root, label=label, sum_tol=STRICT_SUM_TOL)
+        if not check.ok:
+            shown = "; ".join(str(v).replace(str(tmp), str(target)) for v in check.violations[:3])
+            more = f" (and {len(check.violations) - 3} more)" if len(check.violations) > 3 else ""
+            raise Sp4scError(f"{target}: the written package fails validation, nothing was kept: {shown}{more}")
+        for w in check.warnings:
+            if w.rule not in ("results-empty", "budget"):
+                warnings.append(str(w).replace(str(tmp), str(target)))
+    return SubmitResult(path=target, label=label, rows=len(names), complexity=cx, results=results,
+                        over_budget=over_budget, warnings=warnings)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
