@@ -1,0 +1,144 @@
+"""Audio reading: any soundfile format to float32 mono at a given rate and length.
+
+``load_audio`` reads wav, flac and ogg (16/24/32-bit integer or float) with
+soundfile, mixes to mono by averaging channels, resamples with soxr when the
+file's rate differs from the requested one (said once per process and rate
+pair), and pads with zeros or crops to a duration. Anything unreadable is a
+:class:`sp4sc.errors.Sp4scError` that names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sp4sc.errors import Sp4scError
+from sp4sc.log import logger, note_once
+
+# A clip shorter than this fraction of the requested duration gets a warning
+# when padded (ESC-10's 3.6-7.2 s clips padded to 5 s are not "far shorter").
+FAR_SHORTER = 0.5
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(sample_rate, frames, channels)`` of an audio file, read from its header."""
+    import soundfile as sf
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError
+        raise Sp4scError(f"{path}: not a readable audio file ({_short(exc)}); re-export it as wav, flac or ogg") from exc
+    return int(info.samplerate), int(info.frames), int(info.channels)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise Sp4scError(f"{path}: no such audio file; check the path and the dataset root")
+    if path.is_dir():
+        raise Sp4scError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise Sp4scError(f"{path}: the file is empty (0 bytes); re-copy or re-download it")
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a file as float32 mono at its own rate: ``(samples,), sample_rate``."""
+    import soundfile as sf
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        hint = " (it looks like a text file)" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else ""
+        raise Sp4scError(
+            f"{path}: not a readable audio file{hint} ({_short(exc)}); re-export it as wav, flac or ogg"
+        ) from exc
+    if data.shape[0] == 0:
+        raise Sp4scError(f"{path}: contains no audio samples; re-export or remove it from the list")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise Sp4scError(f"{path}: contains {bad} NaN/inf samples; the file is damaged, re-export it")
+    # (samples, channels) -> (samples,)
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
+
+
+def resample(x: np.ndarray, orig_sr: int, sample_rate: int) -> np.ndarray:
+    """Resample float32 mono audio with soxr (high quality); a no-op at equal rates."""
+    if orig_sr == sample_rate:
+        return x
+    import soxr
+
+    note_once(
+        f"resample:{orig_sr}:{sample_rate}",
+        f"resampling audio from {orig_sr} Hz to {sample_rate} Hz (soxr, high quality)",
+    )
+    return np.ascontiguousarray(soxr.resample(x, orig_sr, sample_rate, quality="HQ"), dtype=np.float32)
+
+
+def fit_length(x: np.ndarray, n_samples: int, *, name: str = "audio") -> np.ndarray:
+    """Crop or zero-pad ``x`` to ``n_samples``; warn when it is far shorter."""
+    if x.shape[0] >= n_samples:
+        return x[:n_samples]
+    if x.shape[0] < FAR_SHORTER * n_samples:
+        logger.warning(
+            "%s: %d samples, far shorter than the %d expected; padded with silence", name, x.shape[0], n_samples
+        )
+    out = np.zeros(n_samples, dtype=np.float32)
+    out[: x.shape[0]] = x
+    return out
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int, duration: float | None = None) -> np.ndarray:
+    """Load a file as float32 mono at ``sample_rate``, padded or cropped to ``duration``.
+
+    Args:
+        path: wav, flac or ogg file.
+        sample_rate: output rate, Hz; the file is resampled (soxr) when it differs.
+        duration: seconds; ``None`` keeps the file's length.
+
+    Returns:
+        ``(samples,)`` float32.
+
+    Raises:
+        Sp4scError: the file is missing, empty, unreadable or holds NaN/inf.
+    """
+    x, sr = read_audio(path)
+    x = resample(x, sr, int(sample_rate))
+    if duration is not None:
+        x = fit_length(x, int(round(duration * sample_rate)), name=str(path))
+    return x
+
+
+def load_batch(paths: Sequence[str | os.PathLike], sample_rate: int, duration: float) -> np.ndarray:
+    """Load several files: ``(len(paths), round(duration * sample_rate))`` float32."""
+    n = int(round(duration * sample_rate))
+    out = np.empty((len(paths), n), dtype=np.float32)
+    for i, p in enumerate(paths):
+        out[i] = load_audio(p, sample_rate, duration)
+    return out
+
+
+def write_wav(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str = "PCM_24") -> None:
+    """Write float audio in ``[-1, 1]`` as a wav file, atomically (24-bit by default)."""
+    import soundfile as sf
+
+    from sp4sc.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.asarray(x, dtype=np.float32), int(sample_rate), subtype=subtype, format="WAV")
+
+
+__all__ = ["load_audio", "load_batch", "read_audio", "resample", "fit_length", "audio_info", "write_wav"]
