@@ -1,0 +1,302 @@
+"""The submission validator: a valid package passes; one test per rule shows its violation is caught.
+
+The packages here are written with sp4sc.submission's own writers from random
+probabilities (no model needed); tests/test_submission.py checks packages that
+`sp4sc submit` writes from a real model on the toy dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sp4sc.cli import main
+from sp4sc.constants import SCENES
+from sp4sc.submission import REPO_TEMPLATE, build_meta, load_template, meta_yaml_text, write_output_csv
+from sp4sc.validate import HEADER, label_problems, validate_submission
+
+LABEL = "Doe_ACME_task1a_1"
+N = 6
+
+
+def _fill_template() -> dict:
+    t = load_template(REPO_TEMPLATE)
+    a = t["submission"]["authors"][0]
+    a.update(lastname="Doe", firstname="Jane", email="jane.doe@acme.example")
+    a["affiliation"].update(abbreviation="ACME", institute="Acme Labs")
+    return t
+
+
+def write_package(root: Path, label: str = LABEL, n: int = N, seed: int = 0) -> Path:
+    """A valid package with random probabilities and full development results."""
+    pkg = root / label
+    pkg.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    write_output_csv(pkg / f"{label}.output.csv", [f"{i}.wav" for i in range(n)], rng.random((n, 10)))
+    from sp4sc.submission import results_block
+
+    y = rng.integers(0, 10, 40)
+    devs = [["a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"][i % 9] for i in range(40)]
+    y[:10] = np.arange(10)  # every class present
+    p = rng.random((40, 10))
+    results = results_block(y, p / p.sum(1, keepdims=True), devs)
+    meta = build_meta(_fill_template(), label=label, sample_rate=44100, results=results,
+                      complexity={"total_parameters": 62474, "total_parameters_non_zero": 62474, "model_size": 122.01953125})
+    (pkg / f"{label}.meta.yaml").write_text(meta_yaml_text(meta), encoding="utf-8")
+    return pkg
+
+
+def write_eval_root(root: Path, n: int = N) -> Path:
+    ev = root / "eval"
+    (ev / "evaluation_setup").mkdir(parents=True)
+    (ev / "evaluation_setup" / "fold1_test.csv").write_text(
+        "filename\n" + "".join(f"audio/{i}.wav\n" for i in range(n)), encoding="utf-8")
+    return ev
+
+
+# ---------------------------------------------------------------- mutation helpers
+
+def _csv(pkg: Path) -> Path:
+    return next(pkg.glob("*.output.csv"))
+
+
+def _meta(pkg: Path) -> Path:
+    return next(pkg.glob("*.meta.yaml"))
+
+
+def edit_row(pkg: Path, lineno: int, fn) -> None:
+    path = _csv(pkg)
+    lines = path.read_text().split("\n")
+    fields = lines[lineno - 1].split("\t")
+    lines[lineno - 1] = "\t".join(fn(fields))
+    path.write_text("\n".join(lines))
+
+
+def edit_meta(pkg: Path, fn) -> None:
+    path = _meta(pkg)
+    meta = yaml.safe_load(path.read_text())
+    fn(meta)
+    path.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def rename_package(pkg: Path, new_label: str) -> Path:
+    new = pkg.with_name(new_label)
+    pkg.rename(new)
+    for f in list(new.iterdir()):
+        f.rename(new / f.name.replace(LABEL, new_label))
+    return new
+
+
+def _set(fields, i, v):
+    fields[i] = v
+    return fields
+
+
+def _swap_header(fields):
+    fields[2], fields[3] = fields[3], fields[2]
+    return fields
+
+
+def _range_row(fields):
+    fields[2:] = ["1.5", "-0.5"] + ["0.0"] * 8
+    return fields
+
+
+def _scale_row(fields):
+    fields[2:] = [repr(float(v) * 0.9) for v in fields[2:]]
+    return fields
+
+
+def _two_corresponding(m):
+    second = json.loads(json.dumps(m["submission"]["authors"][0]))
+    m["submission"]["authors"].append(second)
+
+
+def _blank_line(pkg):
+    path = _csv(pkg)
+    lines = path.read_text().split("\n")
+    lines.insert(3, "")
+    path.write_text("\n".join(lines))
+
+
+def _comma_csv(pkg):
+    path = _csv(pkg)
+    path.write_text(path.read_text().replace("\t", ","))
+
+
+# rule id -> (mutation(pkg) -> pkg, expected line in the output CSV or None)
+MUTATIONS = {
+    "label-format (3 parts)": ("label-format", lambda p: rename_package(p, "Doe_ACME_task1a"), None),
+    "label-format (task1b)": ("label-format", lambda p: rename_package(p, "Doe_ACME_task1b_1"), None),
+    "label-format (index 5)": ("label-format", lambda p: rename_package(p, "Doe_ACME_task1a_5"), None),
+    "label-mismatch (file prefix)": (
+        "label-mismatch", lambda p: (_csv(p).rename(p / "Roe_ACME_task1a_1.output.csv"), p)[1], None),
+    "label-mismatch (meta label)": (
+        "label-mismatch", lambda p: (edit_meta(p, lambda m: m["submission"].update(label="Doe_ACME_task1a_2")), p)[1], None),
+    "output-missing": ("output-missing", lambda p: (_csv(p).unlink(), p)[1], None),
+    "output-header (column order)": ("output-header", lambda p: (edit_row(p, 1, _swap_header), p)[1], 1),
+    "output-delimiter": ("output-delimiter", lambda p: (_comma_csv(p), p)[1], 1),
+    "output-fields": ("output-fields", lambda p: (edit_row(p, 3, lambda f: f[:-1]), p)[1], 3),
+    "output-blank-line": ("output-blank-line", lambda p: (_blank_line(p), p)[1], 4),
+    "filename-extension": ("filename-extension", lambda p: (edit_row(p, 2, lambda f: _set(f, 0, "0.mp3")), p)[1], 2),
+    "filename-path": ("filename-path", lambda p: (edit_row(p, 3, lambda f: _set(f, 0, "audio/1.wav")), p)[1], 3),
+    "filename-duplicate": ("filename-duplicate", lambda p: (edit_row(p, 4, lambda f: _set(f, 0, "0.wav")), p)[1], 4),
+    "scene-label": ("scene-label", lambda p: (edit_row(p, 5, lambda f: _set(f, 1, "beach")), p)[1], 5),
+    "prob-float": ("prob-float", lambda p: (edit_row(p, 2, lambda f: _set(f, 4, "abc")), p)[1], 2),
+    "prob-float (nan)": ("prob-float", lambda p: (edit_row(p, 2, lambda f: _set(f, 4, "nan")), p)[1], 2),
+    "prob-range": ("prob-range", lambda p: (edit_row(p, 6, _range_row), p)[1], 6),
+    "prob-sum": ("prob-sum", lambda p: (edit_row(p, 7, _scale_row), p)[1], 7),
+    "meta-missing-file": ("meta-missing-file", lambda p: (_meta(p).unlink(), p)[1], None),
+    "meta-yaml": ("meta-yaml", lambda p: (_meta(p).write_text("submission:\n  label: [unclosed\n"), p)[1], None),
+    "meta-missing (submission.name)": ("meta-missing", lambda p: (edit_meta(p, lambda m: m["submission"].pop("name")), p)[1], None),
+    "meta-missing (system.complexity)": ("meta-missing", lambda p: (edit_meta(p, lambda m: m["system"].pop("complexity")), p)[1], None),
+    "meta-missing (device s3)": (
+        "meta-missing",
+        lambda p: (edit_meta(p, lambda m: m["results"]["development_dataset"]["device_wise"].pop("s3")), p)[1], None),
+    "meta-type (total_parameters text)": (
+        "meta-type", lambda p: (edit_meta(p, lambda m: m["system"]["complexity"].update(total_parameters="62k")), p)[1], None),
+    "meta-type (total_parameters float)": (
+        "meta-type", lambda p: (edit_meta(p, lambda m: m["system"]["complexity"].update(total_parameters=62474.0)), p)[1], None),
+    "meta-type (class-wise value)": (
+        "meta-type",
+        lambda p: (edit_meta(p, lambda m: m["results"]["development_dataset"]["class_wise"]["bus"].update(logloss="low")), p)[1],
+        None),
+    "meta-range (accuracy as %)": (
+        "meta-range",
+        lambda p: (edit_meta(p, lambda m: m["results"]["development_dataset"]["overall"].update(accuracy=150.0)), p)[1], None),
+    "meta-corresponding": ("meta-corresponding", lambda p: (edit_meta(p, _two_corresponding), p)[1], None),
+    "meta-abbreviation": (
+        "meta-abbreviation", lambda p: (edit_meta(p, lambda m: m["submission"].update(abbreviation="WayTooLongName")), p)[1], None),
+}
+
+
+@pytest.fixture
+def pkg(tmp_path) -> Path:
+    return write_package(tmp_path)
+
+
+def test_valid_package_passes(pkg, tmp_path):
+    report = validate_submission(pkg, eval_root=write_eval_root(tmp_path))
+    assert report.ok, [str(v) for v in report.violations]
+    assert report.rows == N and report.warnings == []
+
+
+@pytest.mark.parametrize("case", list(MUTATIONS), ids=list(MUTATIONS))
+def test_each_rule_catches_its_violation(pkg, case):
+    rule, mutate, line = MUTATIONS[case]
+    pkg = mutate(pkg)
+    report = validate_submission(pkg)
+    assert not report.ok
+    hits = [v for v in report.violations if v.rule == rule]
+    assert hits, f"{case}: expected rule {rule}, got {[str(v) for v in report.violations]}"
+    if line is not None:
+        assert any(v.line == line for v in hits), [str(v) for v in hits]
+        assert all(v.file.endswith(".output.csv") for v in hits)
+
+
+def test_eval_root_requires_exactly_the_listed_files(tmp_path):
+    pkg = write_package(tmp_path, n=N)
+    ev = tmp_path / "ev"
+    (ev / "evaluation_setup").mkdir(parents=True)
+    # lists 0..4 and 99: 5.wav is extra (line 7 of the output), 99.wav is missing
+    (ev / "evaluation_setup" / "fold1_test.csv").write_text(
+        "filename\n" + "".join(f"audio/{i}.wav\n" for i in [0, 1, 2, 3, 4, 99]))
+    report = validate_submission(pkg, eval_root=ev)
+    extra = [v for v in report.violations if v.rule == "eval-extra"]
+    missing = [v for v in report.violations if v.rule == "eval-missing"]
+    assert [(v.line, "5.wav" in v.message) for v in extra] == [(7, True)]
+    assert len(missing) == 1 and "99.wav" in missing[0].message
+
+
+def test_every_violation_is_reported_not_only_the_first(pkg):
+    edit_row(pkg, 2, lambda f: _set(f, 1, "beach"))
+    edit_row(pkg, 4, lambda f: _set(f, 0, "x.mp3"))
+    edit_meta(pkg, lambda m: m["system"]["complexity"].update(total_parameters="many"))
+    rules = {(v.rule, v.line) for v in validate_submission(pkg).violations}
+    assert {("scene-label", 2), ("filename-extension", 4)} <= rules
+    assert any(r == "meta-type" for r, _ in rules)
+
+
+def test_meta_violation_names_its_yaml_line(pkg):
+    edit_meta(pkg, lambda m: m["system"]["complexity"].update(total_parameters="62k"))
+    text = _meta(pkg).read_text().splitlines()
+    want = next(i for i, ln in enumerate(text, 1) if ln.strip().startswith("total_parameters:"))
+    (v,) = [v for v in validate_submission(pkg).violations if v.rule == "meta-type"]
+    assert v.line == want and v.file.endswith(".meta.yaml")
+
+
+def test_scene_label_not_argmax_is_a_warning_or_strict_violation(pkg):
+    def wrong_label(f):
+        probs = [float(x) for x in f[2:]]
+        f[1] = SCENES[int(np.argmin(probs))]
+        return f
+
+    edit_row(pkg, 3, wrong_label)
+    loose = validate_submission(pkg)
+    assert loose.ok and [w.rule for w in loose.warnings] == ["argmax"] and loose.warnings[0].line == 3
+    strict = validate_submission(pkg, strict=True)
+    assert [v.rule for v in strict.violations] == ["argmax"]
+
+
+def test_sum_tolerance_is_configurable(pkg):
+    # 4-decimal rounding passes the default 1e-3 tolerance but not submit's 1e-6
+    edit_row(pkg, 2, lambda f: f[:2] + [f"{float(v):.4f}" for v in f[2:]])
+    total = sum(float(v) for v in _csv(pkg).read_text().split("\n")[1].split("\t")[2:])
+    assert abs(total - 1) > 1e-6  # random probabilities: rounding moved the sum
+    assert validate_submission(pkg).ok
+    assert [v.rule for v in validate_submission(pkg, sum_tol=1e-6).violations] == ["prob-sum"]
+
+
+def test_empty_results_warn(tmp_path):
+    pkg = write_package(tmp_path)
+    edit_meta(pkg, lambda m: m["results"]["development_dataset"]["overall"].update(logloss=None, accuracy=None))
+    report = validate_submission(pkg)
+    assert report.ok and [w.rule for w in report.warnings] == ["results-partial"]
+
+
+@pytest.mark.parametrize("label,ok", [
+    ("Doe_ACME_task1a_1", True), ("Doe_ACME_task1a_4", True), ("Doe_ACME_task1a_0", False),
+    ("Doe_ACME_task1a_x", False), ("Doe_task1a_1", False), ("Doe_ACME_task1a_1_x", False), ("_ACME_task1a_1", False),
+])
+def test_label_format(label, ok):
+    assert (label_problems(label) == []) is ok
+
+
+def test_header_constant_matches_issue():
+    assert HEADER == ("filename", "scene_label", "airport", "bus", "metro", "metro_station", "park",
+                      "public_square", "shopping_mall", "street_pedestrian", "street_traffic", "tram")
+
+
+def test_cli_exit_codes_and_lines(pkg, tmp_path, capsys):
+    assert main(["validate-submission", str(pkg), "--eval-root", str(write_eval_root(tmp_path))]) == 0
+    assert "OK" in capsys.readouterr().out
+    edit_row(pkg, 2, lambda f: _set(f, 1, "beach"))
+    edit_row(pkg, 3, lambda f: _set(f, 0, "a.mp3"))
+    assert main(["validate-submission", str(pkg)]) == 4
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(":2: " in ln and "[scene-label]" in ln for ln in out)
+    assert any(":3: " in ln and "[filename-extension]" in ln for ln in out)
+    assert out[-1].startswith("INVALID") and "2 violation(s)" in out[-1]
+    assert main(["validate-submission", str(pkg), "--json"]) == 4
+    data = json.loads(capsys.readouterr().out)
+    assert data["valid"] is False and {v["rule"] for v in data["violations"]} == {"scene-label", "filename-extension"}
+
+
+def test_cli_bad_folder_is_a_one_line_error(tmp_path, capsys):
+    assert main(["validate-submission", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0]
+    assert main(["validate-submission", str(write_package(tmp_path)), "--eval-root", str(tmp_path / "none")]) == 2
+    assert "fold1_test.csv" in capsys.readouterr().err
+
+
+def test_copy_of_package_under_other_name_fails(pkg, tmp_path):
+    other = tmp_path / "copy" / "Doe_ACME_task1a_2"
+    shutil.copytree(pkg, other)
+    rules = {v.rule for v in validate_submission(other).violations}
+    assert {"label-mismatch", "output-missing", "meta-missing-file"} <= rules
