@@ -34,7 +34,8 @@ def versions() -> dict[str, str]:
     """Software versions recorded in every model file."""
     import sp4sc
 
-    return {"sp4sc": sp4sc.__version__, "torch": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion, which weights_only=True refuses to unpickle
+    return {"sp4sc": str(sp4sc.__version__), "torch": str(torch.__version__)}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
