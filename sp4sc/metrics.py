@@ -192,11 +192,12 @@ class SceneMetrics(Metric):
             dev = torch.where((dev < 0) | (dev >= unknown), torch.full_like(dev, unknown), dev)
         flat = dev * self.num_classes + target  # (batch,)
         size = self.count.numel()
-        self.count += torch.bincount(flat, minlength=size).view_as(self.count).to(torch.float64)
-        self.correct += torch.bincount(flat, weights=(pred == target).to(torch.float64),
+        # out-of-place sums: states made under inference_mode (a standalone validate) stay usable
+        self.count = self.count + torch.bincount(flat, minlength=size).view_as(self.count).to(torch.float64)
+        self.correct = self.correct + torch.bincount(flat, weights=(pred == target).to(torch.float64),
                                        minlength=size).view_as(self.count)
-        self.nll += torch.bincount(flat, weights=nll, minlength=size).view_as(self.count)
-        self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes ** 2
+        self.nll = self.nll + torch.bincount(flat, weights=nll, minlength=size).view_as(self.count)
+        self.confusion = self.confusion + torch.bincount(target * self.num_classes + pred, minlength=self.num_classes ** 2
                                          ).view(self.num_classes, self.num_classes).to(torch.float64)
 
     def compute(self) -> dict[str, torch.Tensor]:

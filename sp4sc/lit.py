@@ -1,0 +1,371 @@
+"""The LightningModule: a backbone from the model registry, trained as a scene classifier.
+
+:class:`SceneClassifier` takes the backbone either as a registry name plus
+keyword arguments (what LightningCLI recipes use: ``model.backbone: sp4sc``,
+``model.backbone_kwargs: {dropout: 0.2}``) or as an ``nn.Module`` built in
+Python. The label count and the number of mel bins come from the data: when
+the backbone is named, it is built in :meth:`setup` with ``n_classes`` =
+``datamodule.num_classes`` and ``n_mels`` = the front end's, unless the
+recipe sets them (then they must agree). Training options follow SP4ASC:
+cross-entropy or focal loss, mixup, SpecAugment stripes, AdamW with cosine
+annealing per epoch down to ``eta_min``.
+
+Validation and test share one evaluation step: accuracy, class-averaged
+accuracy, DCASE log loss, class- and device-wise accuracy and log loss
+(:class:`sp4sc.metrics.SceneMetrics`, synced across DDP ranks), and a
+confusion-matrix figure for TensorBoard. The last report of each stage is kept
+in :attr:`SceneClassifier.reports` (plain dicts, see
+:func:`sp4sc.metrics.dcase_results`).
+
+Checkpoints carry ``checkpoint["sp4sc"]`` (:func:`sp4sc.checkpoint.model_spec`),
+so :func:`sp4sc.checkpoint.load_model` rebuilds the backbone from a Lightning
+checkpoint (state-dict keys ``backbone.*``), and every entry is a plain type:
+``torch.load(path, weights_only=True)`` reads them.
+
+Repeatability: with ``seed_everything`` set, each training epoch reseeds
+torch's generator from (seed, epoch, rank) and augmentation draws come from a
+generator seeded by (seed, global step, rank), so a run resumed from an
+epoch-end checkpoint continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence, Union
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sp4sc.constants import DEVICES
+from sp4sc.data.augment import SpecAugment, mixup
+from sp4sc.errors import Sp4scError
+from sp4sc.metrics import SceneMetrics, confusion_figure
+
+LOSSES = ("ce", "focal")
+STAGES = ("val", "test")
+# Keys of arch_kwargs that change how a model trains, not what it computes.
+TRAINING_ONLY_KWARGS = ("fast",)
+
+
+def _seed() -> int:
+    """The seed given to ``seed_everything`` (LightningCLI's ``seed_everything``), else 0."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    except ValueError:
+        return 0
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with str subclasses (e.g. ``torch.__version__``, a TorchVersion) made plain,
+    so ``torch.load(weights_only=True)`` accepts the checkpoint."""
+    if isinstance(obj, dict):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    return obj
+
+
+class SceneClassifier(pl.LightningModule):
+    """Acoustic scene classifier around a registry backbone.
+
+    Args:
+        backbone: registry name (:func:`sp4sc.models.list_models`) or a built ``nn.Module``
+            with ``arch_name`` and ``arch_kwargs`` attributes.
+        backbone_kwargs: options of the registry model (``dropout``, channel widths...);
+            ``n_classes`` and ``n_mels`` default to the data's.
+        num_classes: label count; None takes it from the DataModule.
+        loss: ``"ce"`` (cross-entropy on soft targets) or ``"focal"``.
+        focal_gamma: focal-loss exponent (SP4ASC used 1).
+        mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
+        spec_augment: ``[time width, time stripes, freq width, freq stripes]``; None or [] disables it.
+        spec_augment_fill: ``"mean"`` (each example's per-mel mean) or ``"zero"``.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        eta_min: learning rate reached at the end of the cosine schedule.
+        cosine_epochs: length of the cosine schedule in epochs (None: ``trainer.max_epochs``).
+        fast_path: use the backbone's training fast path (SP4SC: one plus-shaped depthwise conv),
+            the same function and parameters.
+        channels_last: channels-last memory format for backbone and inputs (GPU speed).
+        log_confusion: add a confusion-matrix figure to TensorBoard after validate/test.
+    """
+
+    def __init__(
+        self,
+        backbone: Union[str, nn.Module] = "sp4sc",
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        num_classes: Optional[int] = None,
+        loss: str = "ce",
+        focal_gamma: float = 1.0,
+        mixup_alpha: float = 0.0,
+        spec_augment: Optional[list[int]] = None,
+        spec_augment_fill: str = "mean",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        eta_min: float = 1e-5,
+        cosine_epochs: Optional[int] = None,
+        fast_path: bool = False,
+        channels_last: bool = False,
+        log_confusion: bool = True,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise Sp4scError(f"--model.loss {loss!r}: choose one of {list(LOSSES)}")
+        if mixup_alpha < 0:
+            raise Sp4scError(f"--model.mixup_alpha {mixup_alpha}: must be >= 0 (0 disables mixup)")
+        if lr <= 0 or eta_min < 0 or weight_decay < 0:
+            raise Sp4scError("--model.lr must be > 0, --model.eta_min and --model.weight_decay >= 0")
+        self.spec_augment = SpecAugment.from_list(spec_augment, fill=spec_augment_fill)
+        kwargs = dict(backbone_kwargs or {})
+        if isinstance(backbone, nn.Module):
+            name = getattr(backbone, "arch_name", None) or type(backbone).__name__
+            kwargs = dict(getattr(backbone, "arch_kwargs", kwargs))
+            self.save_hyperparameters(ignore=["backbone", "backbone_kwargs"])
+            self.hparams["backbone"] = name
+            self.hparams["backbone_kwargs"] = kwargs
+            self.backbone: Optional[nn.Module] = backbone
+            self._prepare_backbone()
+        else:
+            if not isinstance(backbone, str):
+                raise Sp4scError(f"--model.backbone: expected a model name, got {type(backbone).__name__}")
+            self.save_hyperparameters()
+            self.backbone = None
+        self.arch_name: str = self.hparams["backbone"]
+        self.classes: Optional[list[str]] = None
+        self.frontend_cfg = None
+        self.device_names: list[str] = []
+        self._device_index: dict[str, int] = {}
+        self.metrics = nn.ModuleDict()
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ build
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        """The backbone's rebuild arguments (training-only switches set to their defaults)."""
+        kw = dict(getattr(self.backbone, "arch_kwargs", None) or self.hparams.get("backbone_kwargs") or {})
+        for key in TRAINING_ONLY_KWARGS:
+            if key in kw:
+                kw[key] = False
+        return kw
+
+    def configure_data(self, classes: Sequence[str], frontend_cfg: Any = None, devices: Sequence[str] = ()) -> None:
+        """Take the label set, front end and device names from the data; build the backbone if named."""
+        classes = [str(c) for c in classes]
+        if self.hparams.get("num_classes") not in (None, len(classes)):
+            raise Sp4scError(f"--model.num_classes {self.hparams['num_classes']} but the data has "
+                             f"{len(classes)} classes; remove num_classes to take it from the data")
+        if self.classes is not None and self.classes != classes:
+            raise Sp4scError(f"the data's classes {classes} differ from the model's {self.classes}")
+        self.classes = classes
+        self.hparams["num_classes"] = len(classes)
+        if frontend_cfg is not None:
+            self.frontend_cfg = frontend_cfg
+        names = [str(d) for d in devices if d is not None]
+        names += [d for d in DEVICES if d not in names]
+        if self.device_names[: len(names)] != names:
+            self.device_names = names
+            self._device_index = {d: i for i, d in enumerate(names)}
+        if self.backbone is None:
+            kwargs = dict(self.hparams.get("backbone_kwargs") or {})
+            kwargs.setdefault("n_classes", len(classes))
+            if frontend_cfg is not None:
+                kwargs.setdefault("n_mels", frontend_cfg.n_mels)
+            if kwargs["n_classes"] != len(classes):
+                raise Sp4scError(f"--model.backbone_kwargs.n_classes {kwargs['n_classes']} but the data has "
+                                 f"{len(classes)} classes; remove it to take the count from the data")
+            if frontend_cfg is not None and kwargs.get("n_mels") != frontend_cfg.n_mels:
+                raise Sp4scError(f"--model.backbone_kwargs.n_mels {kwargs.get('n_mels')} but the front end "
+                                 f"{frontend_cfg.name!r} has {frontend_cfg.n_mels} mel bins")
+            from sp4sc.models import create_model
+
+            self.backbone = create_model(self.hparams["backbone"], **kwargs)
+            self._prepare_backbone()
+        else:
+            n = (getattr(self.backbone, "arch_kwargs", None) or {}).get("n_classes")
+            if n is not None and n != len(classes):
+                raise Sp4scError(f"the backbone predicts {n} classes but the data has {len(classes)}; "
+                                 "set n_classes from the data (leave backbone_kwargs.n_classes out)")
+        if set(self.metrics.keys()) != set(STAGES) or any(
+            m.device_names != self.device_names or m.num_classes != len(classes) for m in self.metrics.values()
+        ):
+            self.metrics = nn.ModuleDict({s: SceneMetrics(len(classes), self.device_names) for s in STAGES})
+
+    def _prepare_backbone(self) -> None:
+        if self.hparams.get("fast_path"):
+            if not hasattr(self.backbone, "set_fast"):
+                raise Sp4scError(f"--model.fast_path: backbone {self.hparams['backbone']!r} has no fast path")
+            self.backbone.set_fast(True)
+        if self.hparams.get("channels_last"):
+            self.backbone.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            if self.classes is None:
+                raise Sp4scError("SceneClassifier needs a SceneDataModule (for the classes and the front end)")
+            return
+        self.configure_data(dm.classes, getattr(dm, "frontend_cfg", None), getattr(dm, "devices", ()) or ())
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, 1, frames, mels) -> (batch, classes)
+        if self.backbone is None:
+            raise Sp4scError("the backbone is not built yet: call configure_data() or run it through a Trainer")
+        if self.hparams.get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def _generator(self) -> torch.Generator:
+        """Augmentation randomness as a function of (seed, step, rank): repeatable and resumable."""
+        g = torch.Generator()
+        g.manual_seed((_seed() * 1_000_003 + self.global_step) * 64 + self.global_rank)
+        return g
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # logits: (batch, classes); target: (batch, classes) soft or one-hot
+        logp = F.log_softmax(logits.float(), dim=1)
+        if self.hparams["loss"] == "focal":
+            weight = (1.0 - logp.exp()).pow(self.hparams["focal_gamma"])
+            return -(target * weight * logp).sum(dim=1).mean()
+        return -(target * logp).sum(dim=1).mean()
+
+    def on_train_epoch_start(self) -> None:
+        # dropout and anything else on torch's global generator: a function of (seed, epoch, rank)
+        torch.manual_seed((_seed() * 1_000_003 + self.current_epoch) * 64 + self.global_rank)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x, y = batch["x"], batch["y"]  # (batch, 1, frames, mels), (batch,)
+        target = F.one_hot(y, len(self.classes)).float()  # (batch, classes)
+        g = self._generator()
+        if self.hparams["mixup_alpha"] > 0:
+            x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
+        if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
+            x = self.spec_augment(x, generator=g)
+        logits = self(x)
+        loss = self._loss(logits, target)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        return loss
+
+    # ------------------------------------------------------------- evaluation
+
+    def _device_indices(self, batch: dict[str, Any], n: int) -> torch.Tensor:
+        dev = batch.get("device")
+        if dev is None:
+            return torch.full((n,), -1, dtype=torch.long)
+        if isinstance(dev, torch.Tensor):
+            return dev.long()
+        return torch.tensor([self._device_index.get(str(d), -1) for d in dev], dtype=torch.long)
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        """The one evaluation step shared by validation and test."""
+        x, y = batch["x"], batch["y"]
+        logits = self(x)  # (batch, classes)
+        loss = F.cross_entropy(logits.float(), y)
+        self.metrics[stage].update(logits, y, self._device_indices(batch, y.shape[0]).to(y.device))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def _end_of_eval(self, stage: str) -> None:
+        metric = self.metrics[stage]
+        if self.trainer.sanity_checking:
+            metric.reset()
+            return
+        r = metric.compute()  # synced across ranks (sums)
+        bar = stage == "val"
+        self.log(f"{stage}/acc", r["acc"].float(), prog_bar=bar)
+        self.log(f"{stage}/macro_acc", r["macro_acc"].float(), prog_bar=bar)
+        self.log(f"{stage}/logloss", r["logloss"].float(), prog_bar=bar)
+        report = metric.report(self.classes)
+        for name, v in report["class_wise"].items():
+            self.log(f"{stage}_class/acc_{name}", v["accuracy"])
+            self.log(f"{stage}_class/logloss_{name}", v["logloss"])
+        for name, v in report["device_wise"].items():
+            self.log(f"{stage}_device/acc_{name}", v["accuracy"])
+            self.log(f"{stage}_device/logloss_{name}", v["logloss"])
+        report["confusion"] = r["confusion"].long().tolist()
+        self.reports[stage] = report
+        if self.hparams.get("log_confusion") and self.global_rank == 0:
+            self._log_figure(stage, r["confusion"].cpu().numpy())
+        metric.reset()
+
+    def _log_figure(self, stage: str, confusion) -> None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                import matplotlib.pyplot as plt
+
+                fig = confusion_figure(confusion, self.classes, f"{stage} confusion, epoch {self.current_epoch}")
+                logger.experiment.add_figure(f"{stage}/confusion", fig, global_step=self.global_step)
+                plt.close(fig)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_of_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_of_eval("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = torch.softmax(self(batch["x"]).float(), dim=1)  # (batch, classes)
+        return {"probs": probs, "index": batch.get("index", torch.arange(probs.shape[0]))}
+
+    # -------------------------------------------------------------- optimizer
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(self.backbone.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        t_max = h.get("cosine_epochs") or self.trainer.max_epochs
+        if t_max is None or t_max < 1:
+            raise Sp4scError("the cosine schedule needs --trainer.max_epochs or --model.cosine_epochs")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(t_max), eta_min=h["eta_min"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------- checkpoints
+
+    def model_spec(self) -> dict[str, Any]:
+        """The ``"sp4sc"`` entry that lets :func:`sp4sc.checkpoint.load_model` rebuild the backbone."""
+        from sp4sc.checkpoint import model_spec
+
+        if self.classes is None or self.frontend_cfg is None:
+            raise Sp4scError("the model has no classes/front end yet (train or load it with its data first)")
+        spec = model_spec(self.arch_name, self.arch_kwargs, self.frontend_cfg, self.classes,
+                          devices=list(self.device_names))
+        return _plain(spec)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sp4sc"] = self.model_spec()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        spec = checkpoint.get("sp4sc")
+        if not isinstance(spec, dict):
+            return
+        from sp4sc.features import FrontEndConfig
+
+        if self.backbone is None:  # load_from_checkpoint outside a Trainer: rebuild as saved
+            from sp4sc.models import create_model
+
+            kwargs = dict(spec.get("model_kwargs", {}))
+            if self.hparams.get("fast_path") and "fast" in kwargs:
+                kwargs["fast"] = True
+            self.backbone = create_model(spec["model"], **kwargs)
+            self._prepare_backbone()
+        frontend = FrontEndConfig.from_dict(spec["frontend"])
+        self.configure_data(spec["classes"], frontend if self.frontend_cfg is None else self.frontend_cfg,
+                            spec.get("devices", ()))

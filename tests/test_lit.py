@@ -1,0 +1,148 @@
+"""SceneClassifier on a tiny backbone and a random-tensor DataModule of the SceneDataModule batch format."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from sp4sc.checkpoint import read_checkpoint
+from sp4sc.errors import Sp4scError
+from sp4sc.features import frontend_preset
+from sp4sc.lit import SceneClassifier
+
+CLASSES = ("x", "y", "z")
+
+
+class TinyNet(nn.Module):
+    """(batch, 1, frames, mels) -> (batch, n_classes)."""
+
+    arch_name = "tiny"
+
+    def __init__(self, n_classes: int = 3, n_mels: int = 8):
+        super().__init__()
+        self.arch_kwargs = {"n_classes": n_classes, "n_mels": n_mels}
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        # (batch, 1, frames, mels)
+        x = torch.relu(self.bn(self.conv(x)))  # (batch, 4, frames, mels)
+        return self.fc(self.drop(x.mean(dim=(2, 3))))  # (batch, n_classes)
+
+
+class _Set(Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.x = torch.randn(n, 1, 12, 8, generator=g) + self.y.view(-1, 1, 1, 1).float()  # learnable
+        self.dev = ["a", "b", "s1"]
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i], "device": self.dev[i % 3], "index": i}
+
+
+class RandomDM(pl.LightningDataModule):
+    classes = CLASSES
+    num_classes = 3
+    devices = ("a", "b", "s1")
+    frontend_cfg = frontend_preset("demo", n_mels=8)
+
+    def train_dataloader(self):
+        return DataLoader(_Set(48, 0), batch_size=8, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(_Set(24, 1), batch_size=8)
+
+    test_dataloader = val_dataloader
+
+    def predict_dataloader(self):
+        return DataLoader(_Set(10, 2), batch_size=4)
+
+
+def _trainer(tmp_path, **kw):
+    opts = dict(max_epochs=2, logger=pl.loggers.TensorBoardLogger(tmp_path, name="tb"), enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu", devices=1)
+    opts.update(kw)
+    return pl.Trainer(**opts)
+
+
+def test_fit_validate_test_predict_and_checkpoint(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    model = SceneClassifier(TinyNet(), loss="focal", focal_gamma=1.0, mixup_alpha=0.2,
+                            spec_augment=[4, 1, 2, 1], lr=5e-3, eta_min=1e-4)
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=RandomDM())
+    assert model.lr_schedulers().get_last_lr()[0] == pytest.approx(1e-4)  # cosine reached eta_min at max_epochs
+    res = trainer.test(model, datamodule=RandomDM(), verbose=False)[0]
+    for key in ("test/acc", "test/macro_acc", "test/logloss", "test/loss", "test_device/acc_s1",
+                "test_class/logloss_z"):
+        assert key in res
+    rep = model.reports["test"]
+    assert set(rep["device_wise"]) == {"a", "b", "s1"} and set(rep["class_wise"]) == set(CLASSES)
+    assert sum(map(sum, rep["confusion"])) == 24
+    # the eval loss is the clip-mean cross-entropy, i.e. the DCASE log loss in float precision
+    assert res["test/loss"] == pytest.approx(res["test/logloss"], rel=1e-4)
+    preds = trainer.predict(model, datamodule=RandomDM())
+    probs = torch.cat([p["probs"] for p in preds])
+    assert probs.shape == (10, 3) and torch.allclose(probs.sum(1), torch.ones(10))
+    # checkpoint: plain types only, the "sp4sc" model description, backbone.* keys
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    assert read_checkpoint(path).keys() == ck.keys()
+    assert ck["sp4sc"]["model"] == "tiny" and ck["sp4sc"]["classes"] == list(CLASSES)
+    assert ck["sp4sc"]["frontend"]["n_mels"] == 8
+    assert all(k.startswith("backbone.") for k in ck["state_dict"])
+    assert ck["hyper_parameters"]["backbone"] == "tiny"
+    # the confusion figure reached TensorBoard
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+
+
+def test_loss_decreases_and_learns(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    model = SceneClassifier(TinyNet(), lr=2e-2, eta_min=1e-3)
+    trainer = _trainer(tmp_path, max_epochs=6, logger=False, enable_checkpointing=False)
+    before = trainer.validate(model, datamodule=RandomDM(), verbose=False)[0]["val/logloss"]
+    trainer.fit(model, datamodule=RandomDM())
+    after = trainer.validate(model, datamodule=RandomDM(), verbose=False)[0]
+    assert after["val/logloss"] < before
+    assert after["val/acc"] > 0.5  # 3 classes, separable by the mean
+
+
+def test_runs_repeat_exactly(tmp_path):
+    def run():
+        pl.seed_everything(0, verbose=False)
+        model = SceneClassifier(TinyNet(), mixup_alpha=0.4, spec_augment=[4, 2, 2, 1])
+        _trainer(tmp_path, logger=False, enable_checkpointing=False).fit(model, datamodule=RandomDM())
+        return model.backbone.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_label_count_must_match_the_data():
+    model = SceneClassifier(TinyNet(n_classes=5))
+    with pytest.raises(Sp4scError, match="5 classes but the data has 3"):
+        model.configure_data(CLASSES, RandomDM.frontend_cfg)
+    with pytest.raises(Sp4scError, match="loss"):
+        SceneClassifier(TinyNet(), loss="hinge")
+    with pytest.raises(Sp4scError, match="fast path"):
+        SceneClassifier(TinyNet(), fast_path=True)
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    logits = torch.randn(5, 3)
+    target = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1, 0]), 3).float()
+    focal = SceneClassifier(TinyNet(), loss="focal", focal_gamma=0.0)
+    assert torch.allclose(focal._loss(logits, target), torch.nn.functional.cross_entropy(logits, target.argmax(1)))
+    focal2 = SceneClassifier(TinyNet(), loss="focal", focal_gamma=2.0)
+    assert focal2._loss(logits, target) < focal._loss(logits, target)
