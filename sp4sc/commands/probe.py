@@ -1,0 +1,153 @@
+"""``sp4sc probe {sweep,bench}``: frozen-embedding linear probes at varying temporal support δt.
+
+``sweep`` embeds a dataset with PaSST or BEATs at each δt, trains linear
+probes (several seeds), aggregates window predictions, measures the encoder's
+cost and writes results.json, table.md and plot.png into ``--out``.
+``bench`` compares the extractor's windows/s with the raw encoder forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from sp4sc.errors import Sp4scError
+
+
+def _encoder_names() -> list[str]:
+    from sp4sc.probes.encoders import ENCODERS
+
+    return sorted(ENCODERS)
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ckpt", help="encoder checkpoint file (PaSST state dict; BEATs {'cfg', 'model'} file)")
+    g.add_argument("--random-init", action="store_true",
+                   help="random encoder weights: pipeline and cost checks only; every output says so")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random encoder weights")
+
+
+def _default_cache() -> str:
+    base = os.environ.get("SP4SC_CACHE") or str(Path.home() / ".cache" / "sp4sc")
+    return str(Path(base) / "embeddings")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="probe_command", required=True, metavar="{sweep,bench}")
+    s = sub.add_parser("sweep", help="accuracy and cost of linear probes per δt", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--encoder", required=True, help=f"one of {', '.join(_encoder_names())}")
+    _weights(s)
+    s.add_argument("--dataset", required=True, choices=["tau2020", "esc", "toy"],
+                   help="tau2020: fold1 train -> fold1 evaluate; esc: k-fold over its folds; toy: the generated toy set")
+    s.add_argument("--root", help="dataset root (as for `sp4sc data summary`); optional for toy")
+    s.add_argument("--dt", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 10.0], metavar="S",
+                   help="window lengths in seconds (default 1 2 3 5 10)")
+    s.add_argument("--hop", type=float, default=None, metavar="S", help="hop between windows, s (default: = δt)")
+    s.add_argument("--seeds", type=int, default=3, help="probe seeds (default 3)")
+    s.add_argument("--compare", nargs="*", default=[], metavar="CKPT",
+                   help="CNN6/SP4SC model files or Lightning checkpoints to compare on the same eval split")
+    s.add_argument("--out", default=None, help="output folder (default probe_results/<encoder>_<dataset>)")
+    s.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
+    s.add_argument("--max-clips", type=int, default=None, metavar="N",
+                   help="at most N clips per split (class-balanced): quick runs")
+    s.add_argument("--cache-dir", default=None, help=f"embedding cache (default {_default_cache()})")
+    s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    s.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    s.add_argument("--batch-size", type=int, default=32, help="windows per encoder forward (default 32)")
+    s.add_argument("--workers", type=int, default=None, help="audio loading processes (default 4 on GPU, 0 on CPU)")
+    s.add_argument("--cost-windows", type=int, default=None,
+                   help="windows timed for the cost per δt (default 64 on GPU, 4 on CPU)")
+    s.add_argument("--aggregation", nargs="+", default=None, metavar="A",
+                   help="mean-embedding mean-prediction majority-vote (default all three)")
+    s.add_argument("--hidden", type=int, default=0, help="hidden units of the probe (0: linear, default)")
+    s.add_argument("--epochs", type=int, default=30, help="probe training epochs (best on the selection split kept)")
+    s.add_argument("--probe-batch-size", type=int, default=256)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--weight-decay", type=float, default=1e-4)
+    s.set_defaults(_run=_run_sweep)
+
+    b = sub.add_parser("bench", help="extractor windows/s vs the raw encoder forward, per δt")
+    b.add_argument("--encoder", required=True, help=f"one of {', '.join(_encoder_names())}")
+    _weights(b)
+    b.add_argument("--dt", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0], metavar="S")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--raw-batches", type=int, default=3, help="timed raw-forward batches per δt")
+    b.add_argument("--clips", type=int, default=None, help="synthetic clips for the extractor (default 128 on GPU, 4 on CPU)")
+    b.add_argument("--clip-seconds", type=float, default=10.0)
+    b.add_argument("--workers", type=int, default=None, help="audio loading processes (default 4 on GPU, 0 on CPU)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(_run=_run_bench)
+
+
+def run(args: argparse.Namespace) -> int | None:
+    return args._run(args)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from sp4sc.probes.probe import AGGREGATIONS, ProbeConfig
+    from sp4sc.probes.sweep import SweepConfig, resolve_device, run_sweep, write_outputs
+
+    if args.encoder not in _encoder_names():
+        raise Sp4scError(f"--encoder {args.encoder!r}: choose one of {', '.join(_encoder_names())}")
+    gpu = resolve_device(args.device).type == "cuda"
+    out = args.out or str(Path("probe_results") / f"{args.encoder}_{args.dataset}")
+    cfg = SweepConfig(
+        encoder=args.encoder,
+        dataset=args.dataset,
+        root=args.root,
+        dts=tuple(args.dt),
+        hop=args.hop,
+        ckpt=args.ckpt,
+        random_init=args.random_init,
+        init_seed=args.init_seed,
+        seeds=args.seeds,
+        compare=tuple(args.compare),
+        out=out,
+        cache_dir=None if args.no_cache else (args.cache_dir or _default_cache()),
+        max_clips=args.max_clips,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers if args.workers is not None else (4 if gpu else 0),
+        cost_windows=args.cost_windows or (64 if gpu else 4),
+        aggregations=tuple(args.aggregation or AGGREGATIONS),
+        probe=ProbeConfig(hidden=args.hidden, epochs=args.epochs, batch_size=args.probe_batch_size,
+                          lr=args.lr, weight_decay=args.weight_decay),
+    )
+    for path in cfg.compare:
+        if not Path(path).is_file():
+            raise Sp4scError(f"--compare {path}: file not found")
+    result = run_sweep(cfg)
+    paths = write_outputs(result, out)
+    result["outputs"] = paths
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from sp4sc.probes.sweep import format_tables
+
+        print(format_tables(result))
+        print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from sp4sc.probes.bench import format_bench, run_bench
+    from sp4sc.probes.encoders import load_encoder
+    from sp4sc.probes.sweep import resolve_device
+
+    if args.encoder not in _encoder_names():
+        raise Sp4scError(f"--encoder {args.encoder!r}: choose one of {', '.join(_encoder_names())}")
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    bundle = load_encoder(args.encoder, ckpt=args.ckpt, random_init=args.random_init, seed=args.init_seed, device=device)
+    result = run_bench(
+        bundle, list(args.dt), clips=args.clips or (128 if gpu else 4), clip_seconds=args.clip_seconds,
+        batch_size=args.batch_size, raw_batches=args.raw_batches,
+        workers=args.workers if args.workers is not None else (4 if gpu else 0),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
