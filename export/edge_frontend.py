@@ -1,0 +1,210 @@
+"""The edge side's audio loading and log-mel front end, in numpy (no torch, no librosa).
+
+This is the numpy twin of ``sp4sc.audio.load_audio`` and ``sp4sc.features.LogMel``:
+an exported model folder (``sp4sc export``) holds ``frontend.json`` with the
+front end's settings, and these functions turn audio files into the model's
+input ``(batch, 1, frames, mels)`` exactly as the library does (the tests check
+the log-mels equal to 0.01 dB and the class probabilities to 1e-4).
+
+Dependencies: numpy and soundfile; ``soxr`` only when a file's sample rate
+differs from the front end's (the library resamples with soxr too, so both sides
+compute the same samples).
+
+Nothing here imports sp4sc: the edge device installs only this folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRONTEND_KEYS = (
+    "name", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max", "duration", "amin",
+)
+FRONTEND_FORMAT = 1
+
+
+class EdgeError(Exception):
+    """Bad input for the edge runner; the message names the file and the fix (printed on one line)."""
+
+
+def frontend_digest(cfg: dict[str, Any]) -> str:
+    """Hash of the front-end settings; equals ``sp4sc.features.FrontEndConfig.digest()``."""
+    d = {k: v for k, v in cfg.items() if k != "name"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- mel filters (Slaney's auditory-toolbox mel scale, as in librosa htk=False, norm="slaney") ---
+# Below 1 kHz the scale is linear (3 mels per 200 Hz); above it is logarithmic, with
+# 27 mel steps per factor 6.4 in frequency (Slaney 1998, Auditory Toolbox, mel scale).
+_F_SP = 200.0 / 3.0
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _F_SP
+    log_part = hz >= _MIN_LOG_HZ
+    mel = np.where(log_part, _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-300) / _MIN_LOG_HZ) / _LOGSTEP, mel)
+    return mel
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = _F_SP * mel
+    return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mel - _MIN_LOG_MEL)), hz)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """Triangular mel filters with Slaney area normalisation, ``(n_fft // 2 + 1, n_mels)`` float32."""
+    fft_hz = np.linspace(0.0, sample_rate / 2.0, 1 + n_fft // 2)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]  # (n_mels + 2, bins)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, bins)
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # equal area per filter
+    return np.ascontiguousarray(weights.T.astype(np.float32))
+
+
+def hann_window(win_length: int, n_fft: int) -> np.ndarray:
+    """Periodic Hann window of ``win_length`` samples centred in ``n_fft`` (float64)."""
+    n = np.arange(win_length)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
+    left = (n_fft - win_length) // 2
+    return np.pad(window, (left, n_fft - win_length - left))
+
+
+class EdgeFrontEnd:
+    """Waveforms ``(batch, samples)`` -> log-mel ``(batch, frames, mels)`` float32 dB.
+
+    Centred frames with reflect padding, periodic Hann window, power spectrum,
+    Slaney mel filters, ``10 * log10(max(P, amin))``: the definition of
+    ``sp4sc.features.LogMel``.
+
+    Args:
+        cfg: the ``"frontend"`` entry of ``frontend.json`` (``FrontEndConfig.to_dict()``).
+    """
+
+    def __init__(self, cfg: dict[str, Any]):
+        missing = [k for k in FRONTEND_KEYS if k not in cfg]
+        if missing:
+            raise EdgeError(f"frontend.json: front end lacks {missing}; re-export the model with `sp4sc export`")
+        self.cfg = dict(cfg)
+        self.sample_rate = int(cfg["sample_rate"])
+        self.n_fft = int(cfg["n_fft"])
+        self.hop = int(cfg["hop_length"])
+        self.n_mels = int(cfg["n_mels"])
+        self.amin = float(cfg["amin"])
+        self.n_samples = int(round(float(cfg["duration"]) * self.sample_rate))
+        self.window = hann_window(int(cfg["win_length"]), self.n_fft)
+        self.mel_fb = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, float(cfg["f_min"]), float(cfg["f_max"]))
+        self._mel = _SparseMel(self.mel_fb.astype(np.float64))
+
+    def n_frames(self, n_samples: int) -> int:
+        return 1 + n_samples // self.hop
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim == 1:
+            wav = wav[None]
+        pad = self.n_fft // 2
+        if wav.shape[-1] <= pad:
+            raise EdgeError(f"waveform of {wav.shape[-1]} samples is too short for n_fft {self.n_fft}")
+        out = []
+        for x in wav.astype(np.float64):  # one clip at a time keeps memory flat
+            x = np.pad(x, pad, mode="reflect")
+            frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop]  # (frames, n_fft)
+            spec = np.fft.rfft(frames * self.window, axis=-1)  # (frames, n_fft // 2 + 1)
+            power = spec.real**2 + spec.imag**2
+            mel = self._mel(power)  # (frames, mels)
+            out.append(10.0 * np.log10(np.maximum(mel, self.amin)))
+        return np.stack(out).astype(np.float32)  # (batch, frames, mels)
+
+
+class _SparseMel:
+    """``power @ fb`` using the filters' sparsity (each FFT bin feeds at most two filters).
+
+    Even-numbered filters have disjoint supports, and so do odd-numbered ones, so
+    each half is a gather and a segment sum (``np.add.reduceat``): about 2 x bins
+    products per frame instead of bins x mels. Falls back to the dense product when
+    the filters do not have that shape (an empty or non-contiguous filter).
+    """
+
+    def __init__(self, fb: np.ndarray):
+        self.fb = fb  # (bins, mels)
+        self.parts = []
+        n_mels = fb.shape[1]
+        for parity in (0, 1):
+            cols, weights, starts, mels = [], [], [], []
+            for m in range(parity, n_mels, 2):
+                nz = np.flatnonzero(fb[:, m])
+                if nz.size == 0 or nz[-1] - nz[0] + 1 != nz.size:
+                    self.parts = None
+                    return
+                starts.append(len(cols))
+                cols.extend(nz.tolist())
+                weights.append(fb[nz, m])
+                mels.append(m)
+            if mels:
+                self.parts.append((np.array(cols), np.concatenate(weights), np.array(starts), np.array(mels)))
+
+    def __call__(self, power: np.ndarray) -> np.ndarray:
+        # (frames, bins) -> (frames, mels)
+        if self.parts is None:
+            return power @ self.fb
+        out = np.empty((power.shape[0], self.fb.shape[1]), dtype=power.dtype)
+        for cols, weights, starts, mels in self.parts:
+            out[:, mels] = np.add.reduceat(power[:, cols] * weights, starts, axis=1)
+        return out
+
+
+def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np.ndarray:
+    """Read an audio file as float32 mono at ``sample_rate``, zero-padded or cropped to ``duration`` s.
+
+    The twin of ``sp4sc.audio.load_audio``: channels are averaged, the audio is
+    resampled with soxr (quality "HQ") when its rate differs, then padded with
+    zeros at the end or cropped from the start.
+    """
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise EdgeError(f"{path}: audio file not found; check the path")
+    if p.is_dir():
+        raise EdgeError(f"{path}: is a folder, expected an audio file")
+    try:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)  # (samples, channels)
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EdgeError(f"{path}: not a readable audio file ({first}); convert it to wav/flac/ogg") from exc
+    if p.stat().st_size == 0:
+        raise EdgeError(f"{path}: the file is empty (0 bytes); re-copy it")
+    if data.shape[0] == 0:
+        raise EdgeError(f"{path}: the file holds no audio samples")
+    if not np.isfinite(data).all():
+        raise EdgeError(f"{path}: audio contains NaN or inf samples; re-encode the file")
+    wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)  # as sp4sc.audio.read_audio
+    if sr != sample_rate:
+        try:
+            import soxr
+        except ImportError as exc:
+            raise EdgeError(
+                f"{path}: sample rate {sr} Hz differs from the model's {sample_rate} Hz and soxr is not "
+                f"installed; `pip install soxr` or resample the file to {sample_rate} Hz"
+            ) from exc
+        wav = soxr.resample(wav, sr, sample_rate, quality="HQ").astype(np.float32)
+    if duration is not None:
+        n = int(round(duration * sample_rate))
+        wav = wav[:n] if wav.shape[0] >= n else np.pad(wav, (0, n - wav.shape[0]))
+    return np.ascontiguousarray(wav, dtype=np.float32)
