@@ -1,0 +1,250 @@
+"""Complexity the DCASE way: parameters, bytes and MACs of the folded model, and the budget check.
+
+Conventions (DCASE 2021 Task 1A, as in CPJKU's ``helpers/complexity.py`` idea):
+
+- Parameters are counted on the folded float model (:func:`sp4sc.fold.fold_batchnorm`):
+  every parameter tensor (weights, biases, the per-mel input affine). Buffers are
+  not parameters (BatchNorm's num_batches_tracked and running statistics are gone
+  after folding; the front end's mel/DFT matrices are not in the model at all).
+- Bytes at a storage precision: parameters x 4 (fp32), x 2 (fp16), x 1 (int8).
+  The DCASE 2021 limit is 128 KB = 131,072 bytes at fp16, i.e. 65,536 parameters.
+- MACs per inference of one clip, on the folded model, with input
+  ``(1, 1, frames, n_mels)`` for the clip duration, from two counters:
+  ``thop`` (conv: output elements x cin/groups x kernel area, no bias; linear:
+  in x out; plus 1 op per average-pooling output and, registered here, 1 per
+  element of the per-mel affine) and ``torchinfo`` (conv: (weight + bias) x
+  output positions, i.e. bias charged at every position; linear: weight + bias),
+  the counter of DCASE 2022+ tables. The optional MAC budget (DCASE 2022+: 30 M
+  for a 1 s clip) is checked against torchinfo's count for a 1 s input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from sp4sc.constants import BUDGET_BYTES, BUDGET_MACS_PER_SECOND, BUDGET_PARAMS
+from sp4sc.errors import BudgetExceeded, Sp4scError
+from sp4sc.fold import fold_batchnorm, is_folded
+from sp4sc.models._common import MelAffine
+
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+
+__all__ = [
+    "BUDGET_MACS_PER_SECOND",
+    "BYTES_PER_PARAM",
+    "check_budget",
+    "complexity_report",
+    "count_params",
+    "format_report",
+    "macs_thop",
+    "macs_torchinfo",
+]
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """All and non-zero parameters of ``model`` as it is (fold it first for DCASE figures)."""
+    params = [p.detach() for p in model.parameters()]
+    return {
+        "params": int(sum(p.numel() for p in params)),
+        "nonzero_params": int(sum(int(torch.count_nonzero(p)) for p in params)),
+    }
+
+
+def _count_affine(module: MelAffine, inputs, output) -> None:
+    module.total_ops += torch.DoubleTensor([int(output.numel())])
+
+
+def macs_thop(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Operations counted by thop (``profile``) for one forward pass on zeros of ``input_shape``."""
+    import thop
+
+    m = copy.deepcopy(model).eval()
+    param = next(m.parameters())
+    x = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
+    with torch.no_grad():
+        ops, _ = thop.profile(m, inputs=(x,), custom_ops={MelAffine: _count_affine}, verbose=False)
+    return int(round(float(ops)))
+
+
+def macs_torchinfo(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Mult-adds counted by torchinfo (``summary(...).total_mult_adds``) for one forward pass."""
+    import torchinfo
+
+    m = copy.deepcopy(model).eval()
+    param = next(m.parameters())
+    stats = torchinfo.summary(
+        m, input_size=input_shape, dtypes=[param.dtype], device=param.device, verbose=0, mode="eval"
+    )
+    return int(stats.total_mult_adds)
+
+
+def complexity_report(
+    model: nn.Module,
+    frontend_cfg,
+    *,
+    duration: float | None = None,
+    count_macs: bool = True,
+) -> dict[str, Any]:
+    """Parameters, bytes and MACs of ``model`` folded, for clips of ``duration`` seconds.
+
+    Args:
+        model: a registry model (folded or not; it is folded on a copy).
+        frontend_cfg: the :class:`sp4sc.features.FrontEndConfig` that feeds the model
+            (gives frames per second and mel bins).
+        duration: clip length in seconds for the MAC count (default: the front end's).
+        count_macs: False skips the two MAC counters (they run the model).
+
+    Returns:
+        A JSON-able dict with keys ``model``, ``model_kwargs``, ``folded`` (always True:
+        the figures are of the folded model), ``params``, ``nonzero_params``,
+        ``bytes_fp32``, ``bytes_fp16``, ``bytes_int8``, ``kb_fp16`` (bytes / 1024),
+        ``params_unfolded`` and ``state_dict_values_unfolded`` (of ``model`` as given;
+        None when it came folded), ``frontend`` (preset name), ``duration``,
+        ``input_shape`` [1, 1, frames, mels], ``macs_thop``, ``macs_torchinfo``,
+        ``input_shape_1s``, ``macs_1s_thop``, ``macs_1s_torchinfo`` (None when not counted)
+        and ``counters`` (a sentence saying what was counted how).
+    """
+    n_mels = getattr(model, "n_mels", None)
+    if n_mels is not None and n_mels != frontend_cfg.n_mels:
+        raise Sp4scError(
+            f"{getattr(model, 'arch_name', type(model).__name__)}: model takes {n_mels} mel bins but front end "
+            f"{frontend_cfg.name!r} gives {frontend_cfg.n_mels}; pick the matching front end"
+        )
+    duration = float(frontend_cfg.duration if duration is None else duration)
+    if not duration > 0:
+        raise Sp4scError(f"--duration: must be positive, got {duration}")
+    was_folded = is_folded(model)
+    folded = fold_batchnorm(model)
+    counts = count_params(folded)
+    frames = frontend_cfg.frames_for(duration)
+    shape = (1, 1, frames, frontend_cfg.n_mels)
+    shape_1s = (1, 1, frontend_cfg.frames_for(1.0), frontend_cfg.n_mels)
+    report: dict[str, Any] = {
+        "model": getattr(model, "arch_name", type(model).__name__),
+        "model_kwargs": dict(getattr(folded, "arch_kwargs", {})),
+        "folded": True,
+        **counts,
+        **{f"bytes_{p}": counts["params"] * b for p, b in BYTES_PER_PARAM.items()},
+        "kb_fp16": round(counts["params"] * 2 / 1024, 1),
+        "params_unfolded": None if was_folded else int(sum(p.numel() for p in model.parameters())),
+        "state_dict_values_unfolded": None if was_folded else int(sum(v.numel() for v in model.state_dict().values())),
+        "frontend": frontend_cfg.name,
+        "duration": duration,
+        "input_shape": list(shape),
+        "macs_thop": None,
+        "macs_torchinfo": None,
+        "input_shape_1s": list(shape_1s),
+        "macs_1s_thop": None,
+        "macs_1s_torchinfo": None,
+        "counters": (
+            "parameters and bytes of the folded float model (buffers excluded); MACs of the folded model for one "
+            "clip: thop 0.1.1 (conv/linear multiply-adds, no bias, +1 per avg-pool output and per input-affine "
+            "element) and torchinfo (conv bias charged at every output position)"
+        ),
+    }
+    if count_macs:
+        frames_min = getattr(folded, "min_frames", 1)
+        if frames < frames_min:
+            raise Sp4scError(f"--duration: {duration:g} s gives {frames} frames, the model needs at least {frames_min}")
+        report["macs_thop"] = macs_thop(folded, shape)
+        report["macs_torchinfo"] = macs_torchinfo(folded, shape)
+        if shape_1s[2] >= frames_min:
+            if shape_1s == shape:
+                report["macs_1s_thop"], report["macs_1s_torchinfo"] = report["macs_thop"], report["macs_torchinfo"]
+            else:
+                report["macs_1s_thop"] = macs_thop(folded, shape_1s)
+                report["macs_1s_torchinfo"] = macs_torchinfo(folded, shape_1s)
+    return report
+
+
+def check_budget(
+    report: dict[str, Any],
+    max_params: int | None = BUDGET_PARAMS,
+    max_bytes: int | None = BUDGET_BYTES,
+    max_macs_per_s: int | None = None,
+    *,
+    precision: str = "fp16",
+) -> dict[str, Any]:
+    """Raise :class:`BudgetExceeded` naming every figure over its limit; return the verdict otherwise.
+
+    Args:
+        report: from :func:`complexity_report`.
+        max_params: parameter limit (None: no limit). DCASE 2021: 65,536.
+        max_bytes: byte limit at ``precision`` (None: no limit). DCASE 2021: 131,072 at fp16.
+        max_macs_per_s: MAC limit for a 1 s clip, torchinfo count (None: no limit). DCASE 2022+: 30 M.
+        precision: storage precision of the byte count: fp32, fp16 or int8.
+
+    Returns:
+        ``{"within_budget": True, "limits": {...}}``.
+    """
+    if precision not in BYTES_PER_PARAM:
+        raise Sp4scError(f"precision: {precision!r} is not one of {sorted(BYTES_PER_PARAM)}")
+    name = report.get("model", "model")
+    over = []
+    if max_params is not None and report["params"] > max_params:
+        over.append(f"{report['params']:,} parameters > limit {max_params:,}")
+    n_bytes = report[f"bytes_{precision}"]
+    if max_bytes is not None and n_bytes > max_bytes:
+        over.append(f"{n_bytes:,} bytes at {precision} ({n_bytes / 1024:.1f} KB) > limit {max_bytes:,} ({max_bytes / 1024:.1f} KB)")
+    if max_macs_per_s is not None:
+        macs = report.get("macs_1s_torchinfo")
+        if macs is None:
+            raise Sp4scError(f"{name}: MACs were not counted; cannot check the MAC limit")
+        if macs > max_macs_per_s:
+            over.append(f"{macs:,} MACs per 1 s clip (torchinfo) > limit {max_macs_per_s:,}")
+    if over:
+        raise BudgetExceeded(
+            f"{name} (folded) is over the complexity budget: " + "; ".join(over)
+            + "; choose a smaller model or variant (sp4sc.models.list_models()) or pass --no-budget to go on anyway"
+        )
+    return {
+        "within_budget": True,
+        "limits": {"max_params": max_params, "max_bytes": max_bytes, "precision": precision,
+                   "max_macs_per_s": max_macs_per_s},
+    }
+
+
+def _si(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:g}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines of a :func:`complexity_report`."""
+    lines = [
+        f"model               {report['model']} (folded; front end {report['frontend']})",
+        f"parameters          {report['params']:,} ({report['nonzero_params']:,} non-zero)",
+        f"bytes               fp32 {report['bytes_fp32']:,} | fp16 {report['bytes_fp16']:,} "
+        f"({report['kb_fp16']} KB) | int8 {report['bytes_int8']:,}",
+    ]
+    if report.get("state_dict_values_unfolded") is not None:
+        lines.append(
+            f"unfolded            {report['params_unfolded']:,} parameters, "
+            f"{report['state_dict_values_unfolded']:,} state-dict values"
+        )
+    if report.get("macs_thop") is not None:
+        lines.append(
+            f"MACs {report['duration']:g} s clip      thop {report['macs_thop']:,} ({_si(report['macs_thop'])}) | "
+            f"torchinfo {report['macs_torchinfo']:,} ({_si(report['macs_torchinfo'])}), input {tuple(report['input_shape'])}"
+        )
+    if report.get("macs_1s_torchinfo") is not None and report["input_shape_1s"] != report["input_shape"]:
+        lines.append(
+            f"MACs 1 s clip       thop {_si(report['macs_1s_thop'])} | torchinfo {_si(report['macs_1s_torchinfo'])}, "
+            f"input {tuple(report['input_shape_1s'])}"
+        )
+    return "\n".join(lines)
+
+
+def macs_per_second(report: dict[str, Any]) -> float | None:
+    """torchinfo MACs of a 1 s clip (the DCASE 2022+ figure), or None when not counted."""
+    v = report.get("macs_1s_torchinfo")
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
