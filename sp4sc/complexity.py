@@ -61,12 +61,17 @@ def _count_affine(module: MelAffine, inputs, output) -> None:
 
 def macs_thop(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Operations counted by thop (``profile``) for one forward pass on zeros of ``input_shape``."""
-    import thop
+    import warnings
+
+    with warnings.catch_warnings():  # thop 0.1.1 compares versions with the deprecated distutils classes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import thop
 
     m = copy.deepcopy(model).eval()
     param = next(m.parameters())
     x = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         ops, _ = thop.profile(m, inputs=(x,), custom_ops={MelAffine: _count_affine}, verbose=False)
     return int(round(float(ops)))
 
