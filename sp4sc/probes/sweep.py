@@ -24,7 +24,7 @@ import torch
 
 from sp4sc.errors import Sp4scError
 from sp4sc.log import logger
-from sp4sc.probes.encoders import EncoderBundle, load_encoder
+from sp4sc.probes.encoders import EncoderBundle, create_encoder, load_encoder
 from sp4sc.probes.probe import AGGREGATIONS, ProbeConfig, fit_and_score, n_probe_parameters, probe_macs
 
 DEFAULT_DTS = (1.0, 2.0, 3.0, 5.0, 10.0)
@@ -204,6 +204,15 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(arr.mean()), std
 
 
+def check_dts(bundle: EncoderBundle, dts) -> None:
+    """Refuse window lengths the encoder cannot take (before anything is built or read)."""
+    for dt in dts:
+        if bundle.max_window_s is not None and dt > bundle.max_window_s + 1e-9:
+            raise Sp4scError(f"--dt {dt:g}: {bundle.name} accepts windows up to {bundle.max_window_s:g} s")
+        if dt < bundle.min_window_s:
+            raise Sp4scError(f"--dt {dt:g}: {bundle.name} needs windows of at least {bundle.min_window_s:g} s")
+
+
 def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
     """Run the whole study; returns the results dict (see :func:`write_outputs`).
 
@@ -216,16 +225,12 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
     from sp4sc.probes.extract import embed_clips
 
     device = resolve_device(cfg.device)
+    check_dts(bundle if bundle is not None else create_encoder(cfg.encoder), cfg.dts)
     data = load_study_data(cfg.dataset, cfg.root, cfg.max_clips)
     if bundle is None:
         bundle = load_encoder(cfg.encoder, ckpt=cfg.ckpt, random_init=cfg.random_init, seed=cfg.init_seed, device=device)
     else:
         bundle.to(device)
-    for dt in cfg.dts:
-        if bundle.max_window_s is not None and dt > bundle.max_window_s + 1e-9:
-            raise Sp4scError(f"--dt {dt:g}: {bundle.name} accepts windows up to {bundle.max_window_s:g} s")
-        if dt < bundle.min_window_s:
-            raise Sp4scError(f"--dt {dt:g}: {bundle.name} needs windows of at least {bundle.min_window_s:g} s")
     names = data.names()
     n_classes = len(data.classes)
     if bundle.random_init:

@@ -1,0 +1,105 @@
+"""`sp4sc probe sweep` end to end on tiny toy data with the fake encoder (seconds), and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sp4sc.cli import main
+from sp4sc.probes.encoders import ENCODERS, register_encoder
+from sp4sc.probes.fake import FakeEncoder
+from sp4sc.probes.probe import AGGREGATIONS
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    from sp4sc.data.toy import ensure_toy_dataset
+
+    # 60 clips of 2.5 s: at δt = 1 the 0.5 s tail (half a window) is kept, at δt = 2 it is dropped
+    return ensure_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", n_per_class_device=2, duration=2.5)
+
+
+@pytest.fixture(autouse=True)
+def fake_registered():
+    register_encoder(FakeEncoder.name, FakeEncoder)
+    yield
+    ENCODERS.pop(FakeEncoder.name, None)
+
+
+def test_sweep_end_to_end_fake_encoder(toy_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "probe", "sweep", "--encoder", "fake-test", "--random-init", "--dataset", "toy", "--root", str(toy_root),
+        "--dt", "1", "2", "--seeds", "3", "--epochs", "3", "--out", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--json", "--cost-windows", "2",
+    ]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "results.json").read_text())
+    assert printed["rows"] == result["rows"]
+    # the issue's schema
+    assert result["encoder"] == "fake-test" and result["random_init"] is True
+    assert {(r["dt"], r["aggregation"]) for r in result["rows"]} == {(d, a) for d in (1.0, 2.0) for a in AGGREGATIONS}
+    for r in result["rows"]:
+        assert {"dt", "aggregation", "accuracy", "logloss", "std"} <= set(r)
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["std"] >= 0.0 and r["seeds"] == 3
+        assert len(r["per_seed"]) == 3
+        if r["aggregation"] == "majority-vote":
+            assert r["logloss"] is None
+        else:
+            assert r["logloss"] > 0
+    # 2.5 s clips: 3 windows at δt = 1, 1 at δt = 2
+    assert {r["dt"]: r["windows_per_eval_clip"] for r in result["rows"]} == {1.0: 3.0, 2.0: 1.0}
+    assert [c["dt"] for c in result["cost"]] == [1.0, 2.0]
+    for c in result["cost"]:
+        assert {"dt", "windows_per_s", "peak_mib", "gflops_per_window"} <= set(c)
+        assert c["windows_per_s"] > 0 and c["peak_mib"] > 0 and c["gflops_per_window"] > 0
+    assert result["clips"]["train"] + result["clips"]["eval"] == 60 and result["clips"]["eval"] > 0
+    # random init is said everywhere
+    assert "RANDOM-INIT" in result["note"]
+    table = (out / "table.md").read_text()
+    assert "RANDOM-INIT" in table and "| 2 | majority-vote |" in table
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the probe rows of the comparison count the encoder's parameters
+    probe_rows = [c for c in result["compare"] if c["kind"] == "probe"]
+    assert len(probe_rows) == 2 and all("random-init" in c["name"] for c in probe_rows)
+    assert all(c["params"] > 16 * 16 for c in probe_rows)
+
+    # a second run (one seed) reads every embedding from the cache and gives seed 0's figures again
+    argv[argv.index("--seeds") + 1] = "1"
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert all(c["extract"]["cached"] == 60 and c["extract"]["computed"] == 0 for c in again["cost"])
+    assert [r["accuracy"] for r in again["rows"]] == [r["per_seed"][0]["accuracy"] for r in result["rows"]]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--random-init", "--ckpt", "x.pt"], "not allowed with"),  # argparse: mutually exclusive
+        (["--random-init", "--dt", "0"], "--dt"),
+        (["--random-init", "--seeds", "0"], "--seeds"),
+        (["--ckpt", "/nonexistent/x.pt"], "checkpoint not found"),
+    ],
+)
+def test_sweep_bad_input_one_line(extra, message, toy_root, tmp_path, capsys):
+    argv = ["probe", "sweep", "--encoder", "fake-test", "--dataset", "toy", "--root", str(toy_root),
+            "--out", str(tmp_path / "o"), "--no-cache", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_sweep_refuses_windows_longer_than_passt(tmp_path, capsys):
+    # checked before the 86 M-parameter model is built or any data read
+    argv = ["probe", "sweep", "--encoder", "passt", "--random-init", "--dataset", "tau2020",
+            "--root", str(tmp_path / "nowhere"), "--dt", "12"]
+    assert main(argv) == 2
+    assert "up to 10 s" in capsys.readouterr().err
+
+
+def test_sweep_unknown_encoder(tmp_path, capsys):
+    argv = ["probe", "sweep", "--encoder", "wav2vec", "--random-init", "--dataset", "toy", "--root", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--encoder" in capsys.readouterr().err
