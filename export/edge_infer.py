@@ -79,28 +79,18 @@ class EdgeModel:
             spec = json.loads(frontend_path.read_text())
         except (OSError, ValueError) as exc:
             raise EdgeError(f"{frontend_path}: not readable JSON ({exc}); re-export the model") from exc
-        if not isinstance(spec, dict) or "frontend" not in spec or "classes" not in spec:
-            raise EdgeError(f"{frontend_path}: not an sp4sc frontend.json (needs 'frontend' and 'classes')")
+        if not isinstance(spec, dict):
+            raise EdgeError(f"{frontend_path}: not an sp4sc frontend.json (expected a JSON object)")
         if spec.get("format", FRONTEND_FORMAT) != FRONTEND_FORMAT:
             raise EdgeError(f"{frontend_path}: format {spec.get('format')} is not {FRONTEND_FORMAT}; update export/")
-        if spec.get("fingerprint") != self.fingerprint:
-            raise EdgeError(
-                f"{model_path}: comes from another export than {frontend_path} (fingerprint "
-                f"{self.fingerprint} vs {spec.get('fingerprint')}); use the model and frontend.json of one export folder"
-            )
-        digest = frontend_digest(spec["frontend"])
-        if digest != meta.get(META_PREFIX + "frontend_digest") or digest != spec.get("frontend_digest"):
-            raise EdgeError(
-                f"{frontend_path}: front end settings do not match the model's (digest {digest} vs "
-                f"{meta.get(META_PREFIX + 'frontend_digest')}); was frontend.json edited? re-export the model"
-            )
-        classes = list(spec["classes"])
-        if json.dumps(classes) != meta.get(META_PREFIX + "classes", json.dumps(classes)):
-            raise EdgeError(f"{frontend_path}: class names differ from the model's; re-export the model")
-        self.classes = classes
+        missing = [k for k in ("frontend", "classes", "fingerprint", "frontend_digest") if k not in spec]
+        if missing:
+            raise EdgeError(f"{frontend_path}: not an sp4sc frontend.json (lacks {missing}); re-export the model")
         self.frontend = EdgeFrontEnd(spec["frontend"])
         self.duration = float(spec["frontend"]["duration"])
+        self.classes = [str(c) for c in spec["classes"]]
 
+        # the model's input and outputs
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise EdgeError(f"{model_path}: model has {len(inputs)} inputs, expected one")
@@ -112,7 +102,7 @@ class EdgeModel:
                 raise EdgeError(f"{model_path}: model input has {shape[1]} channels, expected 1 (batch, 1, frames, mels)")
             if isinstance(shape[3], int) and shape[3] != self.frontend.n_mels:
                 raise EdgeError(
-                    f"{model_path}: model expects {shape[3]} mel bands but frontend.json gives "
+                    f"{model_path}: model expects {shape[3]} mel bands but {frontend_path} gives "
                     f"{self.frontend.n_mels}; use the frontend.json of the same export"
                 )
         elif len(shape) == 2:
@@ -122,13 +112,27 @@ class EdgeModel:
                 f"{model_path}: model input has rank {len(shape)} {shape}; expected (batch, 1, frames, mels) "
                 "log-mel or (batch, samples) waveform"
             )
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o for o in self.session.get_outputs()}
         if "probs" not in outputs:
-            raise EdgeError(f"{model_path}: model has no 'probs' output (outputs: {outputs}); re-export with `sp4sc export`")
-        if len(self.classes) != self.session.get_outputs()[outputs.index("probs")].shape[-1] and isinstance(
-            self.session.get_outputs()[outputs.index("probs")].shape[-1], int
-        ):
-            raise EdgeError(f"{model_path}: model has a different number of classes than frontend.json")
+            raise EdgeError(f"{model_path}: model has no 'probs' output (outputs: {list(outputs)}); re-export it")
+        n_out = outputs["probs"].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.classes):
+            raise EdgeError(f"{model_path}: model gives {n_out} classes but {frontend_path} names {len(self.classes)}")
+
+        # one export: fingerprint, front end settings and class names must agree
+        if spec["fingerprint"] != self.fingerprint:
+            raise EdgeError(
+                f"{model_path}: comes from another export than {frontend_path} (fingerprint "
+                f"{self.fingerprint} vs {spec['fingerprint']}); use the model and frontend.json of one export folder"
+            )
+        digest = frontend_digest(spec["frontend"])
+        if digest != meta.get(META_PREFIX + "frontend_digest") or digest != spec["frontend_digest"]:
+            raise EdgeError(
+                f"{frontend_path}: front end settings do not match the model's (digest {digest} vs "
+                f"{meta.get(META_PREFIX + 'frontend_digest')}); was frontend.json edited? re-export the model"
+            )
+        if json.dumps(self.classes) != meta.get(META_PREFIX + "classes", json.dumps(self.classes)):
+            raise EdgeError(f"{frontend_path}: class names differ from the model's; was it edited? re-export the model")
 
     def features(self, wavs: np.ndarray) -> np.ndarray:
         """Waveforms ``(batch, samples)`` -> model input (log-mel ``(batch, 1, frames, mels)`` or the waveforms)."""

@@ -42,47 +42,21 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(report: dict) -> str:
     """A short human summary of an export report."""
+    from sp4sc.complexity import format_report
+
     c = report["complexity"]
     lines = [f"exported {c.get('model')} to {report['out']} (fingerprint {report['fingerprint']})"]
-    lines.append("  " + complexity_line(c))
+    lines += ["  " + line for line in format_report(c).splitlines()]
     if report["over_budget"]:
         lines.append(f"  OVER BUDGET, exported because of --no-budget: {report['budget']['message']}")
     for name, v in report["parity"]["variants"].items():
         gate = "reported only" if v["passed"] is None else ("ok" if v["passed"] else "FAILED")
         tol = f" (tol {v['prob_tolerance']:g})" if v["prob_tolerance"] is not None else ""
+        shapes = " ".join("x".join(str(d) for d in r["shape"]) for r in v["shapes"])
         lines.append(
             f"  parity {name:<8} max |dprob| {v['max_abs_prob']:.2e}{tol}, max rel dlogit {v['max_rel_logit']:.2e}, "
-            f"top-1 agreement {v['top1_agreement']:.3f}: {gate}"
+            f"top-1 agreement {v['top1_agreement']:.3f} at {shapes}: {gate}"
         )
     for name, f in report["files"].items():
         lines.append(f"  {f}: {report['file_bytes'][name]:,} bytes")
     return "\n".join(lines)
-
-
-def complexity_line(c: dict) -> str:
-    """Params / bytes / MACs in one line, from a complexity report (keys as sp4sc.complexity writes them)."""
-    def pick(*keys):
-        for k in keys:
-            cur = c
-            ok = True
-            for part in k.split("."):
-                if isinstance(cur, dict) and part in cur:
-                    cur = cur[part]
-                else:
-                    ok = False
-                    break
-            if ok:
-                return cur
-        return None
-
-    params = pick("params", "parameters")
-    b16 = pick("bytes_fp16", "bytes.fp16")
-    macs = pick("macs_thop", "macs.thop", "macs")
-    parts = []
-    if params is not None:
-        parts.append(f"params {params:,}")
-    if b16 is not None:
-        parts.append(f"{b16:,} bytes at fp16")
-    if macs is not None:
-        parts.append(f"MACs {macs:,} per clip (thop)" if isinstance(macs, (int, float)) else f"MACs {macs}")
-    return ", ".join(parts) or json.dumps(c)[:200]
