@@ -319,4 +319,4 @@ def summarize(index: DatasetIndex) -> dict:
             "by_scene": {k: v for k, v in ((s, sum(1 for c in clips if c.scene == s)) for s in index.classes) if v},
             "by_city": dict(sorted(Counter(c.city for c in clips if c.city is not None).items())),
         }
-    return {"dataset": index.name, "root": str(index.root), "total": len(index.all_clips()), "classes": list(index.classes), "splits": splits}
+    return {"dataset": index.name, "total": len(index.all_clips()), "splits": splits}

@@ -1,0 +1,103 @@
+"""``sp4sc cache``: build the feature cache a recipe's data section needs (resumable).
+
+    sp4sc cache --config recipes/sp4sc.yaml --data.root PATH [--data.KEY VALUE ...]
+
+The recipe's ``data:`` section (LightningCLI layout: the init arguments of
+:class:`sp4sc.data.datamodule.SceneDataModule`, directly or under
+``init_args:``) is read after expanding the recipe's ``# bases:`` line, exactly
+as ``sp4sc fit`` does; ``--data.KEY VALUE`` flags override it. The cache of
+every clip the train, validation, test and predict splits use is built (or
+completed, after a kill) in the data module's ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+from sp4sc.errors import Sp4scError
+
+
+def _init_params() -> dict[str, inspect.Parameter]:
+    from sp4sc.data.datamodule import SceneDataModule
+
+    params = inspect.signature(SceneDataModule.__init__).parameters
+    return {k: p for k, p in params.items() if k != "self"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", action="append", required=True,
+                        help="recipe YAML (repeatable; later files override earlier ones)")
+    for name, p in _init_params().items():
+        default = "" if p.default is inspect.Parameter.empty else f" (default {p.default!r})"
+        parser.add_argument(f"--data.{name}", dest=f"data__{name}", default=argparse.SUPPRESS, metavar="VALUE",
+                            help=f"override data.{name}{default}")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _data_section(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise Sp4scError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(doc, dict):
+        raise Sp4scError(f"--config {path}: the top level must be a mapping with a data: section")
+    data = doc.get("data") or {}
+    if not isinstance(data, dict):
+        raise Sp4scError(f"--config {path}: data: must be a mapping of SceneDataModule arguments")
+    if "init_args" in data or "class_path" in data:
+        cls = data.get("class_path", "sp4sc.data.datamodule.SceneDataModule")
+        if not str(cls).endswith("SceneDataModule"):
+            raise Sp4scError(f"--config {path}: data.class_path {cls!r}: `sp4sc cache` knows only SceneDataModule")
+        data = data.get("init_args") or {}
+    return dict(data)
+
+
+def recipe_data_args(configs: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The merged SceneDataModule arguments of recipes (bases expanded) and overrides; unknown keys are an error."""
+    import yaml
+
+    from sp4sc.commands.lightning import expand_configs
+
+    argv: list[str] = []
+    for c in configs:
+        argv += ["--config", c]
+    expanded = expand_configs(argv)
+    files = [Path(expanded[i + 1]) for i in range(0, len(expanded), 2) if expanded[i] == "--config"]
+    params = _init_params()
+    merged: dict[str, Any] = {}
+    for f in files:
+        for key, value in _data_section(f).items():
+            if key not in params:
+                raise Sp4scError(f"--config {f}: data.{key}: unknown key; SceneDataModule takes {', '.join(params)}")
+            merged[key] = value
+    for key, raw in overrides.items():
+        merged[key] = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    return merged
+
+
+def run(args: argparse.Namespace) -> int:
+    from sp4sc.data.datamodule import SceneDataModule
+
+    overrides = {k[len("data__"):]: v for k, v in vars(args).items() if k.startswith("data__")}
+    kwargs = recipe_data_args(args.config, overrides)
+    if args.no_progress:
+        kwargs["progress"] = False
+    try:
+        dm = SceneDataModule(**kwargs)
+    except TypeError as exc:
+        raise Sp4scError(f"--config {args.config[-1]}: data: {exc}") from exc
+    start = time.perf_counter()
+    cache = dm.build_cache()
+    seconds = time.perf_counter() - start
+    n, frames, mels = cache.shape
+    size = n * frames * mels * 2
+    print(f"feature cache: {cache.dir}")
+    print(f"  {n} clips x {frames} frames x {mels} mels, float16, {size / 2**20:.1f} MiB; front end "
+          f"{dm.frontend_cfg.name} (digest {dm.frontend_cfg.digest()}); {seconds:.1f} s")
+    return 0
