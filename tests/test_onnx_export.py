@@ -204,7 +204,6 @@ def test_cli_export_existing_out_and_over_budget(sp4sc_file, tmp_path, capsys):
     assert "parity fp32" in text and ": ok" in text and "model.onnx" in text
     assert cli_main(cli_args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert cli_main(cli_args + ["--force"]) == 0
     big = make_model_file(tmp_path / "w96.pt", "sp4sc_w96")
     assert cli_main(["export", "--ckpt", str(big), "--out", str(tmp_path / "big")]) == 3
     err = capsys.readouterr().err
