@@ -198,29 +198,41 @@ def empty_results() -> dict[str, Any]:
 def results_block(y_true: Sequence[int], probs: Any, devices: Sequence[str | None]) -> dict[str, Any]:
     """DCASE results (accuracy in %, log loss) from probabilities in SCENES order.
 
-    Uses :func:`sp4sc.metrics.dcase_results` (DCASE 2021 baseline conventions:
-    overall log loss over clips, accuracy the class-wise average); classes or
+    The DCASE 2021 Task 1A baseline's conventions (as :func:`sp4sc.metrics.dcase_results`
+    documents them; computed here with numpy to keep ``submit`` free of torchmetrics):
+    log loss is the mean over clips of ``-log p(true)`` with probabilities clipped
+    to ``[eps, 1 - eps]`` (float64 machine epsilon, as scikit-learn), overall and
+    within each class or device; accuracy is the class-wise average (the mean
+    over scenes of each scene's recall), also within each device. Classes or
     devices absent from the split are left null.
     """
-    from sp4sc.metrics import dcase_results
+    p = normalise_probs(probs)
+    y = np.asarray(y_true, dtype=np.int64)
+    if p.shape != (len(y), len(SCENES)):
+        raise Sp4scError(f"development results: probabilities of shape {p.shape} for {len(y)} clips")
+    eps = float(np.finfo(np.float64).eps)
+    nll = -np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0 - eps))
+    pred = p.argmax(axis=1)
 
-    res = dcase_results(y_true, probs, SCENES, devices)
+    def macro_acc(sel: np.ndarray) -> float:
+        recalls = [float((pred[sel & (y == k)] == k).mean()) for k in range(len(SCENES)) if (sel & (y == k)).any()]
+        return 100.0 * float(np.mean(recalls))
+
+    everything = np.ones(len(y), dtype=bool)
     out = empty_results()
     dev = out["development_dataset"]
-
-    def fill(target: dict, src: dict) -> None:
-        target["logloss"] = float(src["logloss"])
-        acc = src["accuracy"]
-        target["accuracy"] = None if acc is None or not math.isfinite(acc) else float(acc) * 100.0
-
-    fill(dev["overall"], res["overall"])
-    for s, v in res["class_wise"].items():
-        fill(dev["class_wise"][s], v)
-    for d, v in res["device_wise"].items():
-        if d in dev["device_wise"]:
-            fill(dev["device_wise"][d], v)
-        else:
+    dev["overall"] = {"logloss": float(nll.mean()), "accuracy": macro_acc(everything)}
+    for k, scene in enumerate(SCENES):
+        sel = y == k
+        if sel.any():
+            dev["class_wise"][scene] = {"logloss": float(nll[sel].mean()), "accuracy": 100.0 * float((pred[sel] == k).mean())}
+    names = np.asarray(["" if d is None else str(d) for d in devices])
+    for d in dict.fromkeys(names.tolist()):
+        if d not in dev["device_wise"]:
             logger.warning(f"development split has device {d!r}, which is not a DCASE device; left out of device_wise")
+            continue
+        sel = names == d
+        dev["device_wise"][d] = {"logloss": float(nll[sel].mean()), "accuracy": macro_acc(sel)}
     return out
 
 
@@ -438,7 +450,7 @@ def make_submission(
             predict(deployed, [Path(dev_index.root) / c.path for c in dev_clips], tta=tta, seed=seed, batch_size=batch_size),
             loaded.classes,
         )
-        results = results_block([SCENES.index(c.scene) for c in dev_clips], normalise_probs(dev_probs), [c.device for c in dev_clips])
+        results = results_block([SCENES.index(c.scene) for c in dev_clips], dev_probs, [c.device for c in dev_clips])
     else:
         warnings.append("no --dev-root: development results in the meta file are left empty (the organisers highly recommend them)")
 
@@ -454,6 +466,9 @@ def make_submission(
         "seed": int(seed),
         "budget": "EXCEEDED (--no-budget)" if over_budget else "within the DCASE 2021 limits",
     }
+    for key in ("macs_thop", "macs_torchinfo", "input_shape"):
+        if report.get(key) is not None:
+            provenance[key] = _jsonable(report[key])
     meta = build_meta(
         tmpl,
         label=label,

@@ -25,7 +25,7 @@ def toy(tmp_path_factory) -> Path:
 
     from sp4sc.data.toy import ensure_toy_dataset
 
-    full = ensure_toy_dataset(tmp_path_factory.mktemp("toy") / "toy", n_per_class_device=2, duration=2.0)
+    full = ensure_toy_dataset(n_per_class_device=2, duration=2.0)  # the shared cache copy
     return small_eval_root(full, tmp_path_factory.mktemp("eval"), n=5)
 
 
