@@ -114,6 +114,8 @@ def _esc10_logmels(root, cfg, n=3) -> torch.Tensor:
         return LogMel(cfg)(torch.from_numpy(np.stack(waves))).unsqueeze(1)  # (n, 1, frames, mels)
 
 
+@pytest.mark.shared
+@pytest.mark.slow
 @pytest.mark.parametrize("frontend", ["sp4asc", "panns"])
 def test_fold_equals_unfolded_on_real_esc10_logmels(esc10_root, frontend):
     cfg = frontend_preset(frontend, duration=3.0 if frontend == "sp4asc" else 2.0)
