@@ -349,12 +349,12 @@ class SubmitResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _export(loaded, pkg: Path, *, no_budget: bool) -> None:
-    """Export the ONNX model and complexity.json into the package folder."""
+def _export(loaded, pkg: Path, *, no_budget: bool, fp16: bool = True) -> None:
+    """Export the ONNX model(s), complexity.json, frontend.json and parity.json into the package folder."""
     from sp4sc.onnx_export import export_onnx
 
     scratch = pkg / ".onnx_export"
-    export_onnx(loaded, scratch, no_budget=no_budget)
+    export_onnx(loaded, scratch, no_budget=no_budget, fp16=fp16)
     for item in sorted(scratch.iterdir()):
         shutil.move(str(item), str(pkg / item.name))
     shutil.rmtree(scratch, ignore_errors=True)
@@ -371,7 +371,7 @@ def make_submission(
     seed: int = 0,
     force: bool = False,
     no_budget: bool = False,
-    template: str | os.PathLike | None = None,
+    template: str | os.PathLike | dict | None = None,
     precision: str = "fp16",
     batch_size: int = 16,
     export: bool = True,
@@ -399,8 +399,11 @@ def make_submission(
     target = Path(out) / label
     if target.exists() and not force:
         raise Sp4scError(f"{target} already exists; pass --force to replace it")
-    template_path = Path(template) if template is not None else default_template(out)
-    tmpl = load_template(template_path)
+    if isinstance(template, dict):
+        template_path, tmpl = Path("<template>"), copy.deepcopy(template)
+    else:
+        template_path = Path(template) if template is not None else default_template(out)
+        tmpl = load_template(template_path)
     warnings: list[str] = []
     for field_name in template_placeholders(tmpl):
         warnings.append(f"{template_path}: {field_name} still holds the template's example value; edit it before submitting")
@@ -484,7 +487,7 @@ def make_submission(
         write_output_csv(tmp / f"{label}{OUTPUT_SUFFIX}", names, eval_probs)
         write_text(tmp / f"{label}{META_SUFFIX}", meta_yaml_text(meta))
         if export:
-            _export(loaded, tmp, no_budget=no_budget)
+            _export(loaded, tmp, no_budget=no_budget, fp16=precision == "fp16")
         if not (tmp / "complexity.json").exists():
             write_json(tmp / "complexity.json", _jsonable(report))
         check = validate_submission(tmp, eval_root=eval_root, label=label, sum_tol=STRICT_SUM_TOL)
@@ -511,3 +514,52 @@ def _jsonable(obj):
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+# ----------------------------------------------------------------------------- demo step
+
+DEMO_LABEL = "Demo_SP4SC_task1a_1"
+
+
+def demo_template() -> dict:
+    """The repository template with the demo's author filled in (no placeholder warnings)."""
+    tmpl = load_template(REPO_TEMPLATE)
+    sub = tmpl.setdefault("submission", {})
+    sub["name"] = "sp4sc demo on the toy dataset"
+    sub["abbreviation"] = "sp4scdemo"
+    sub["authors"] = [{
+        "lastname": "Demo", "firstname": "Sp4sc", "email": "demo@sp4sc.invalid", "corresponding": True,
+        "affiliation": {"abbreviation": "SP4SC", "institute": "sp4sc demo", "location": "nowhere"},
+    }]
+    return tmpl
+
+
+def demo_step(ckpt: str | os.PathLike, toy_root: str | os.PathLike, out: str | os.PathLike, *,
+              tta: int = 0, seed: int = 0, echo=print) -> SubmitResult:
+    """``sp4sc demo``'s last step: write and validate a package for the toy evaluation split.
+
+    The toy dataset has the TAU layout, so its ``fold1_test.csv`` is the
+    evaluation list and its ``fold1_evaluate.csv`` the development split.
+    Reruns replace the previous demo package.
+
+    Args:
+        ckpt: the model file or checkpoint the demo trained.
+        toy_root: the toy dataset folder (:func:`sp4sc.data.toy.ensure_toy_dataset`).
+        out: the folder receiving ``<label>/`` (e.g. the demo's ``submissions/``).
+        tta: test-time augmentation passes.
+        seed: TTA seed.
+        echo: where the summary lines go.
+    """
+    res = make_submission(ckpt, toy_root, DEMO_LABEL, dev_root=toy_root, out=out, tta=tta, seed=seed,
+                          force=True, template=demo_template(), no_budget=False)
+    report = validate_submission(res.path, eval_root=toy_root)
+    if not report.ok:  # make_submission already validated it; this re-reads the renamed folder
+        raise Sp4scError(f"{res.path}: demo package fails validation: {report.violations[0]}")
+    cx = res.complexity
+    echo(f"submission: {res.path}/ ({res.rows} toy evaluation rows) written and validated "
+         f"(`sp4sc validate-submission {res.path} --eval-root {toy_root}`)")
+    echo(f"  {cx['total_parameters']:,} parameters, {cx['model_size']:.2f} KB at fp16")
+    if res.results is not None:
+        o = res.results["development_dataset"]["overall"]
+        echo(f"  toy development split: accuracy {o['accuracy']:.1f} %, log loss {o['logloss']:.3f}")
+    return res

@@ -299,3 +299,19 @@ def test_unedited_template_is_warned_about(tmp_path, small_eval, ckpt):
     res = make_submission(ckpt, small_eval, LABEL, out=tmp_path, template=REPO_TEMPLATE, export=False)
     assert any("lastname" in w for w in res.warnings)
     assert any("--dev-root" in w for w in res.warnings)
+
+
+def test_demo_step_writes_a_valid_toy_package(tmp_path, toy, ckpt, monkeypatch):
+    import sp4sc.submission as submission
+
+    monkeypatch.setattr(submission, "_export", lambda *a, **k: None)  # ONNX export is covered above
+    lines = []
+    res = submission.demo_step(ckpt, toy, tmp_path / "submissions", echo=lines.append)
+    assert res.path == tmp_path / "submissions" / submission.DEMO_LABEL
+    assert validate_submission(res.path, eval_root=toy).ok
+    assert [w.rsplit("[", 1)[1] for w in res.warnings] == ["results-partial]"]  # toy: devices a, b, c only
+    assert res.results is not None
+    assert "written and validated" in lines[0]
+    again = submission.demo_step(ckpt, toy, tmp_path / "submissions", echo=lines.append)  # reruns replace it
+    assert (again.path / f"{submission.DEMO_LABEL}.output.csv").read_bytes() == \
+        (res.path / f"{submission.DEMO_LABEL}.output.csv").read_bytes()
