@@ -3,7 +3,8 @@
 ``predict_files(loaded, files)`` loads each file with :func:`sp4sc.audio.load_audio`
 at the model's front end (mono, resampled with soxr, padded/cropped to the clip
 duration), computes log-mels with :class:`sp4sc.features.LogMel`, runs the model
-in eval mode and returns softmax probabilities ``(n_files, n_classes)``. The edge
+in eval mode, folded as it is exported (:func:`inference_model`), and returns
+softmax probabilities ``(n_files, n_classes)``. The edge
 runner (``export/edge_infer.py``) is its torch-free twin and prints the same JSON
 (:func:`result_json`).
 
@@ -107,7 +108,7 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
         raise Sp4scError(f"--tta: must be 0 or more, got {tta}")
     files = [str(f) for f in files]
     cfg = loaded.frontend
-    model = loaded.model.eval()
+    model = inference_model(loaded.model)
     logmel = LogMel(cfg).eval()
     augment = tta_spec_augment(loaded, spec_augment) if tta > 0 else None
     n_classes = len(loaded.classes) or None
@@ -125,6 +126,21 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     if n_classes is not None and probs.shape[1] != n_classes:
         raise Sp4scError(f"model gives {probs.shape[1]} classes but its file lists {n_classes} class names")
     return probs
+
+
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as it is deployed: BatchNorm folded and SP4SC blocks merged (the ONNX graph's structure).
+
+    Same function as ``model`` in eval mode (to float rounding; the export checks it at every
+    export) and about 1.5x faster in eager mode. Models that cannot be folded are used as they are.
+    """
+    from sp4sc.fold import fold_batchnorm
+    from sp4sc.onnx_export import deploy_model
+
+    try:
+        return deploy_model(fold_batchnorm(model)).eval()
+    except Sp4scError:
+        return model.eval()
 
 
 def result_json(classes: Sequence[str], files: Sequence[str], probs: np.ndarray) -> dict[str, Any]:
