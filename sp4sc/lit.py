@@ -243,6 +243,13 @@ class SceneClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # dropout and anything else on torch's global generator: a function of (seed, epoch, rank)
         torch.manual_seed((_seed() * 1_000_003 + self.current_epoch) * 64 + self.global_rank)
+        # A shuffle drawn from a generator owned by the loader continues from wherever the previous
+        # epoch left it, which a resumed run cannot know: restart it from (seed, epoch) instead.
+        # (Single-process loading draws the permutation at the first batch, after this hook.)
+        loader = self.trainer.train_dataloader if self._trainer is not None else None
+        generator = getattr(getattr(loader, "sampler", None), "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(_seed() * 1_000_003 + self.current_epoch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, y = batch["x"], batch["y"]  # (batch, 1, frames, mels), (batch,)
@@ -346,7 +353,9 @@ class SceneClassifier(pl.LightningModule):
         if self.classes is None or self.frontend_cfg is None:
             raise Sp4scError("the model has no classes/front end yet (train or load it with its data first)")
         spec = model_spec(self.arch_name, self.arch_kwargs, self.frontend_cfg, self.classes,
-                          devices=list(self.device_names))
+                          devices=list(self.device_names),
+                          spec_augment=list(self.hparams.get("spec_augment") or []) or None,
+                          spec_augment_fill=self.hparams.get("spec_augment_fill", "mean"))
         return _plain(spec)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,152 @@
+"""``sp4sc fit|validate|test|predict``: LightningCLI over SceneClassifier and SceneDataModule.
+
+    sp4sc fit --config recipes/sp4sc.yaml --data.root /data/TAU-urban-acoustic-scenes-2020-mobile-development
+    sp4sc fit --config recipes/sp4sc.yaml --data.root ... --ckpt_path last     # resume
+    sp4sc test --config recipes/sp4sc.yaml --data.root ... --ckpt_path runs/sp4sc/checkpoints/best.ckpt
+
+Recipes compose: shared trainer/data settings live in ``recipes/base/*.yaml``;
+a recipe names its bases on a comment line ``# bases: base/trainer.yaml
+base/tau2020.yaml`` (paths relative to the recipe), and this wrapper expands
+``--config recipe.yaml`` into ``--config base1 --config base2 --config recipe``
+(LightningCLI merges them in order; command-line flags come last and win). The
+recipe keeps ``model: {backbone, backbone_kwargs}`` and ``data: {frontend,
+duration}`` itself, so ``sp4sc complexity --config`` reads it alone.
+
+What this wrapper adds to plain LightningCLI:
+
+- checkpoints go to ``<trainer.default_root_dir>/checkpoints`` (not a new
+  ``version_N`` folder per run), so ``--ckpt_path last`` finds the last one;
+- ``config.yaml`` is overwritten on reruns instead of failing;
+- a usage error (unknown key, wrong type, missing data root) is one line naming
+  the key, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sp4sc.errors import Sp4scError
+
+CHECKPOINT_SUBDIR = "checkpoints"
+_BASES = re.compile(r"^#\s*bases:\s*(.+)$")
+
+
+def expand_configs(argv: list[str]) -> list[str]:
+    """Insert each recipe's bases before it: ``--config R`` -> ``--config B1 --config B2 --config R``.
+
+    A recipe names its bases on a comment line ``# bases: a.yaml b.yaml`` (paths
+    relative to the recipe); bases may name bases of their own. Later files
+    override earlier ones, and command-line flags override all files.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        path = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            path, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        for p in _with_bases(Path(path), []):
+            out += ["--config", str(p)]
+    return out
+
+
+def _with_bases(path: Path, seen: list[Path]) -> list[Path]:
+    if not path.is_file():
+        raise Sp4scError(f"--config {path}: no such file; recipes live in recipes/ (e.g. recipes/sp4sc.yaml)")
+    real = path.resolve()
+    if real in seen:
+        raise Sp4scError(f"--config {path}: its bases include itself")
+    bases: list[Path] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            m = _BASES.match(line.strip())
+            if m:
+                bases += [path.parent / b for b in m.group(1).split()]
+    out: list[Path] = []
+    for b in bases:
+        out += _with_bases(b, seen + [real])
+    return out + [path]
+
+
+def _cli_class():
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.cli import LightningCLI
+
+    class Sp4scCLI(LightningCLI):
+        """LightningCLI with stable checkpoint folders and checked data roots."""
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+            data = cfg.get("data") or {}
+            root = data.get("root") if hasattr(data, "get") else None
+            dataset = data.get("dataset") if hasattr(data, "get") else None
+            if root is not None and dataset != "toy" and not Path(str(root)).exists():
+                raise Sp4scError(f"--data.root {root}: no such folder; give the dataset's root folder")
+
+        def instantiate_trainer(self, **kwargs: Any):
+            trainer = super().instantiate_trainer(**kwargs)
+            root = Path(trainer.default_root_dir)
+            for cb in trainer.callbacks:
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                    cb.dirpath = str(root / CHECKPOINT_SUBDIR)
+            return trainer
+
+    return Sp4scCLI
+
+
+def _first_line(msg: str) -> str:
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    for ln in lines:
+        if not ln.startswith("usage:"):
+            return ln
+    return lines[0] if lines else "invalid arguments"
+
+
+def main(command: str, argv: list[str]) -> int:
+    """Run LightningCLI's ``command`` (fit, validate, test, predict) with ``argv``."""
+    from jsonargparse import ArgumentError
+
+    from sp4sc.data.datamodule import SceneDataModule
+    from sp4sc.lit import SceneClassifier
+
+    cli_cls = _cli_class()
+    args = [command, *expand_configs(argv)]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    try:
+        cli_cls(
+            SceneClassifier,
+            SceneDataModule,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={command: {"exit_on_error": False}, "exit_on_error": False},
+            auto_configure_optimizers=False,
+        )
+    except ArgumentError as exc:
+        raise Sp4scError(f"sp4sc {command}: {_one_line_usage_error(str(exc))}") from exc
+    return 0
+
+
+def _one_line_usage_error(msg: str) -> str:
+    """jsonargparse's message cut to what names the key and the problem."""
+    line = _first_line(msg)
+    # e.g. 'Parser key "model.loss":' followed by details on later lines
+    rest = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip() and not ln.strip().startswith("usage:")]
+    if line.endswith(":") and rest:
+        line = f"{line} {rest[0]}"
+    return line[:400]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
