@@ -29,9 +29,11 @@ run (the computation is deterministic per clip and does not depend on chunk
 boundaries). For tests, ``SP4SC_TEST_KILL_AFTER_CHUNKS=n`` makes the process
 SIGKILL itself right after committing its n-th chunk.
 
-Parallelism: audio is decoded and resampled by a pool of worker threads
-(soundfile and soxr release the GIL) one chunk ahead of the log-mel, which
-runs batched in torch on the GPU when there is one, else on the CPU.
+Parallelism: on the CPU, a pool of worker processes (one per core by default,
+one torch thread each, so OpenMP never oversubscribes a busy machine) decodes
+and computes one clip at a time, one chunk ahead of the writer. With a GPU,
+worker threads decode (soundfile and soxr release the GIL) and the log-mel
+runs batched on the GPU. Per-clip results do not depend on chunking.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import json
 import os
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -200,7 +202,7 @@ def build_cache(
         paths: clip paths, in the order of the cache rows (no duplicates).
         cfg: front end; audio is resampled, padded or cropped to it.
         cache_dir: where caches live (see the module docstring for the layout).
-        workers: audio-decoding threads; None: min(4, CPUs); 0: decode inline.
+        workers: CPU worker processes (GPU: decoding threads); None: one per core; 0: inline.
         progress: show a progress bar on stderr.
         device: torch device of the log-mel; None: CUDA when available, else CPU.
         chunk_size: clips per chunk (the unit of resumption).
@@ -313,44 +315,105 @@ def _copy_rows(arr: np.ndarray, paths: list[str], reuse: dict[str, tuple[Path, i
             arr[i] = sources[src][row]
 
 
-def _compute_chunks(
-    root: Path, paths: list[str], chunks: list[list[int]], cfg: FrontEndConfig, workers: int | None, device: str | None
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Yield ``(row indices, float16 features)`` per chunk; decoding runs one chunk ahead."""
+_WORKER: dict = {}
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_init(root: str, cfg: dict, in_worker: bool = True) -> None:
+    import torch
+
+    from sp4sc.features import LogMel
+
+    if in_worker:
+        _die_with_parent()  # a killed build leaves no orphan workers behind
+        torch.set_num_threads(1)  # one core per worker process: no OpenMP oversubscription
+    _WORKER["root"] = Path(root)
+    _WORKER["cfg"] = FrontEndConfig.from_dict(cfg)
+    _WORKER["logmel"] = LogMel(_WORKER["cfg"])
+
+
+def _worker_features(path: str) -> np.ndarray:
+    """Decode one clip and compute its float16 log-mel ``(frames, mels)`` (in a worker process)."""
     import torch
 
     from sp4sc.audio import load_audio
-    from sp4sc.features import LogMel
+
+    cfg = _WORKER["cfg"]
+    x = load_audio(_WORKER["root"] / path, cfg.sample_rate, cfg.duration)
+    with torch.inference_mode():
+        return _WORKER["logmel"](torch.from_numpy(x)[None])[0].to(torch.float16).numpy()  # (frames, mels)
+
+
+def _compute_chunks(
+    root: Path, paths: list[str], chunks: list[list[int]], cfg: FrontEndConfig, workers: int | None, device: str | None
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Yield ``(row indices, float16 features)`` per chunk, the next chunk already in flight.
+
+    CPU: worker processes (one torch thread each) decode and compute one clip
+    at a time. GPU: worker threads decode, the log-mel runs batched on the GPU.
+    Each clip's features do not depend on which chunk or worker computed it.
+    """
+    import multiprocessing as mp
+
+    import torch
 
     if not chunks:
         return
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_workers = cpus if workers is None else workers
+
+    if dev.type == "cpu":
+        if n_workers == 0:
+            _worker_init(str(root), cfg.to_dict(), in_worker=False)
+            for chunk in chunks:
+                yield chunk, np.stack([_worker_features(paths[i]) for i in chunk])
+            return
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init, initargs=(str(root), cfg.to_dict()))
+        try:
+            pending = [pool.submit(_worker_features, paths[i]) for i in chunks[0]]
+            for c, chunk in enumerate(chunks):
+                feats = [f.result() for f in pending]
+                if c + 1 < len(chunks):
+                    pending = [pool.submit(_worker_features, paths[i]) for i in chunks[c + 1]]
+                yield chunk, np.stack(feats)  # (chunk, frames, mels)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+
+    from sp4sc.audio import load_audio
+    from sp4sc.features import LogMel
+
     logmel = LogMel(cfg).to(dev)
-    n_workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    threads = ThreadPoolExecutor(max(1, n_workers))
 
     def load(i: int) -> np.ndarray:
         return load_audio(root / paths[i], cfg.sample_rate, cfg.duration)
 
-    pool = ThreadPoolExecutor(n_workers) if n_workers > 0 else None
-
-    def submit(chunk: list[int]) -> list[Future] | list[np.ndarray]:
-        if pool is None:
-            return [load(i) for i in chunk]
-        return [pool.submit(load, i) for i in chunk]
-
     try:
-        pending = submit(chunks[0])
+        pending_t = [threads.submit(load, i) for i in chunks[0]]
         for c, chunk in enumerate(chunks):
-            waves = [f.result() if isinstance(f, Future) else f for f in pending]
+            waves = [f.result() for f in pending_t]
             if c + 1 < len(chunks):
-                pending = submit(chunks[c + 1])
+                pending_t = [threads.submit(load, i) for i in chunks[c + 1]]
             x = torch.from_numpy(np.stack(waves)).to(dev)  # (chunk, samples)
             with torch.inference_mode():
                 feats = logmel(x).to(torch.float16).cpu().numpy()  # (chunk, frames, mels)
             yield chunk, feats
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        threads.shutdown(wait=True, cancel_futures=True)
 
 
 def open_cache(folder: str | os.PathLike) -> FeatureCache:
