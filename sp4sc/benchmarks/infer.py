@@ -1,0 +1,206 @@
+"""``sp4sc bench infer``: per-clip latency of a 10 s clip, PyTorch eager vs ONNX Runtime.
+
+SP4SC (random weights: latency does not depend on them) at the ``sp4asc`` front
+end (44.1 kHz, 431 frames x 256 mels per 10 s clip), on the CPU with ``--threads``
+threads (default: the cores this process may use). Rows:
+
+- model only (log-mel in, probabilities out) and end to end (waveform in);
+- batch 1 and 16 (figures are per clip: the call's time divided by the batch);
+- PyTorch eager: the model as trained (unfolded) and as deployed (folded, merged
+  blocks: :func:`sp4sc.infer.inference_model`), front end :class:`sp4sc.features.LogMel`;
+- ONNX Runtime fp32, fp16 and int8 (the graphs ``sp4sc export`` writes), end to
+  end with the edge runner's numpy front end (``export/edge_frontend.py``) and
+  with the waveform-in graph (front end inside ONNX).
+
+Each figure is the median of ``--repeats`` timed calls after two warm-up calls:
+wall-clock ms per clip (the latency) and process CPU ms per clip (all threads
+together; on a busy machine it shows the work done, which the wall clock does not).
+The machine line and the load average before and after are printed: on a shared
+machine the figures are only as good as the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+GOAL_MODEL_MS = 25.0  # SP4SC under ONNX Runtime, per clip
+GOAL_END_TO_END_MS = 40.0  # front end included
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--model", default="sp4sc", help="registered model name (default sp4sc)")
+    parser.add_argument("--frontend", default="sp4asc", help="front-end preset (default sp4asc: 10 s, 431 x 256)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per figure at batch 1 (default 7)")
+    parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (default: all cores)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
+    parser.add_argument("--skip-torch-unfolded", action="store_true", help="skip the (slow) unfolded eager model")
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) of ``fn()`` over
+    ``repeats`` calls, after two warm-up calls."""
+    fn()
+    fn()
+    wall, cpu = [], []
+    for _ in range(max(1, repeats)):
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _edge_frontend_module():
+    """``export/edge_frontend.py`` from the checkout, or None when sp4sc is installed without it."""
+    folder = Path(__file__).resolve().parents[2] / "export"
+    if not (folder / "edge_frontend.py").exists():
+        return None
+    sys.path.insert(0, str(folder))
+    try:
+        import edge_frontend
+
+        return edge_frontend
+    finally:
+        sys.path.remove(str(folder))
+
+
+def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int = 7, threads: int = 0,
+              batches: tuple[int, ...] = (1, 16), unfolded: bool = True) -> dict[str, Any]:
+    """Measure and return ``{"machine", "machine_line", "load_before", "load_after", "rows", "goal"}``."""
+    import onnxruntime as ort
+    import torch
+
+    from sp4sc.benchmarks.machine import describe, line
+    from sp4sc.features import LogMel, frontend_preset
+    from sp4sc.fold import fold_batchnorm
+    from sp4sc.infer import inference_model
+    from sp4sc.models import create_model
+    from sp4sc.onnx_export import ort_session, quantize_int8, to_onnx, waveform_model
+
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cfg = frontend_preset(frontend)
+    torch.manual_seed(0)
+    model = create_model(model_name, n_mels=cfg.n_mels).eval()
+    deployed = inference_model(model)
+    folded = fold_batchnorm(model)
+    logmel = LogMel(cfg).eval()
+    min_frames = int(getattr(folded, "min_frames", 16))
+
+    from sp4sc.onnx_export import deploy_model
+
+    protos = {"fp32": to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames)}
+    protos["fp16"] = to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames, half=True)
+    protos["int8"] = quantize_int8(protos["fp32"])
+    sessions = {k: ort_session(p, threads=threads) for k, p in protos.items()}
+    wave_sess = ort_session(waveform_model(protos["fp32"], cfg), threads=threads)
+    edge = _edge_frontend_module()
+    edge_fe = edge.EdgeFrontEnd(cfg.to_dict()) if edge else None
+
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, runtime: str, precision: str, batch: int, frontend_included: bool,
+            timing: tuple[float, float]) -> None:
+        wall, cpu = timing
+        rows.append({
+            "name": name, "runtime": runtime, "precision": precision, "batch": batch,
+            "frontend_included": frontend_included, "ms_per_call": wall * 1e3, "ms_per_clip": wall * 1e3 / batch,
+            "cpu_ms_per_clip": cpu * 1e3 / batch,
+        })
+
+    for batch in batches:
+        reps = repeats if batch == 1 else max(2, repeats // 3)
+        wav = (0.1 * rng.standard_normal((batch, cfg.n_samples))).astype(np.float32)  # (batch, samples)
+        with torch.no_grad():
+            x_t = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
+        x_np = x_t.numpy()
+
+        with torch.no_grad():
+            add("front end: LogMel (torch)", "torch", "fp32", batch, True, _time(lambda: logmel(torch.from_numpy(wav)), reps))
+            if edge_fe is not None:
+                add("front end: numpy (edge runner)", "numpy", "fp64", batch, True, _time(lambda: edge_fe(wav), reps))
+            if unfolded:
+                add("model: torch eager, unfolded", "torch", "fp32", batch, False, _time(lambda: model(x_t), reps))
+            add("model: torch eager, folded+merged", "torch", "fp32", batch, False, _time(lambda: deployed(x_t), reps))
+            add("end to end: torch LogMel + folded model", "torch", "fp32", batch, True,
+                _time(lambda: deployed(logmel(torch.from_numpy(wav)).unsqueeze(1)), reps))
+        for precision, sess in sessions.items():
+            add(f"model: ONNX Runtime {precision}", "onnxruntime", precision, batch, False,
+                _time(lambda s=sess: s.run(["probs"], {"logmel": x_np}), reps))
+        if edge_fe is not None:
+            add("end to end: numpy front end + ONNX Runtime fp32", "onnxruntime", "fp32", batch, True,
+                _time(lambda: sessions["fp32"].run(["probs"], {"logmel": edge_fe(wav)[:, None]}), reps))
+        add("end to end: ONNX Runtime waveform graph fp32", "onnxruntime", "fp32", batch, True,
+            _time(lambda: wave_sess.run(["probs"], {"waveform": wav}), reps))
+
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    def best(pred) -> float | None:
+        vals = [r["ms_per_clip"] for r in rows if pred(r)]
+        return min(vals) if vals else None
+
+    model_ms = best(lambda r: r["name"] == "model: ONNX Runtime fp32" and r["batch"] == 1)
+    e2e_ms = best(lambda r: r["name"].startswith("end to end") and r["runtime"] == "onnxruntime" and r["batch"] == 1)
+    return {
+        "model": model_name, "frontend": cfg.to_dict(), "clip_seconds": cfg.duration,
+        "input_shape": [1, 1, cfg.n_frames, cfg.n_mels], "threads": threads,
+        "onnxruntime": ort.__version__, "machine": describe(), "machine_line": line(),
+        "load_before": load_before, "load_after": load_after, "rows": rows,
+        "goal": {
+            "model_ms_batch1": model_ms, "model_goal_ms": GOAL_MODEL_MS,
+            "model_within_goal": model_ms is not None and model_ms <= GOAL_MODEL_MS,
+            "end_to_end_ms_batch1": e2e_ms, "end_to_end_goal_ms": GOAL_END_TO_END_MS,
+            "end_to_end_within_goal": e2e_ms is not None and e2e_ms <= GOAL_END_TO_END_MS,
+        },
+    }
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = [
+        f"bench infer: {res['model']} at the {res['frontend']['name']} front end, one {res['clip_seconds']:g} s clip "
+        f"= input {tuple(res['input_shape'])}; {res['threads']} threads; onnxruntime {res['onnxruntime']}",
+        res["machine_line"],
+        f"load average (1/5/15 min) before {_load(res['load_before'])}, after {_load(res['load_after'])}",
+        "",
+        f"{'':<50} {'batch':>5} {'ms/clip':>9} {'ms/call':>9} {'cpu ms/clip':>12}",
+    ]
+    for r in res["rows"]:
+        lines.append(f"{r['name']:<50} {r['batch']:>5} {r['ms_per_clip']:>9.1f} {r['ms_per_call']:>9.1f} "
+                     f"{r['cpu_ms_per_clip']:>12.1f}")
+    g = res["goal"]
+    lines.append("")
+    lines.append(
+        f"goal: ONNX Runtime model <= {g['model_goal_ms']:g} ms/clip: {g['model_ms_batch1']:.1f} ms "
+        f"({'met' if g['model_within_goal'] else 'NOT met'}); end to end <= {g['end_to_end_goal_ms']:g} ms: "
+        f"{g['end_to_end_ms_batch1']:.1f} ms ({'met' if g['end_to_end_within_goal'] else 'NOT met'}) (batch 1)"
+    )
+    return "\n".join(lines)
+
+
+def _load(v) -> str:
+    return "n/a" if v is None else "/".join(f"{x:.2f}" for x in v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sp4sc.errors import Sp4scError
+
+    if args.repeats < 1:
+        raise Sp4scError(f"--repeats: must be at least 1, got {args.repeats}")
+    if any(b < 1 for b in args.batch):
+        raise Sp4scError(f"--batch: batch sizes must be at least 1, got {args.batch}")
+    res = run_bench(args.model, args.frontend, args.repeats, args.threads, tuple(args.batch),
+                    unfolded=not args.skip_torch_unfolded)
+    print(json.dumps(res, indent=2) if args.json else format_table(res))
+    return 0
