@@ -113,29 +113,44 @@ def _first_line(msg: str) -> str:
     return lines[0] if lines else "invalid arguments"
 
 
-def main(command: str, argv: list[str]) -> int:
-    """Run LightningCLI's ``command`` (fit, validate, test, predict) with ``argv``."""
+def _make_cli(args: list[str], command: str | None):
     from jsonargparse import ArgumentError
 
     from sp4sc.data.datamodule import SceneDataModule
     from sp4sc.lit import SceneClassifier
 
     cli_cls = _cli_class()
-    args = [command, *expand_configs(argv)]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False}
+    if command is not None:
+        parser_kwargs[command] = {"exit_on_error": False}
     try:
-        cli_cls(
+        return cli_cls(
             SceneClassifier,
             SceneDataModule,
-            args=args,
+            args=[command, *args] if command else args,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={command: {"exit_on_error": False}, "exit_on_error": False},
-            auto_configure_optimizers=False,
+            parser_kwargs=parser_kwargs,
+            run=command is not None,
+            auto_configure_optimizers=False,  # SceneClassifier.configure_optimizers: AdamW + cosine
         )
     except ArgumentError as exc:
-        raise Sp4scError(f"sp4sc {command}: {_one_line_usage_error(str(exc))}") from exc
+        raise Sp4scError(f"sp4sc {command or 'recipe'}: {_one_line_usage_error(str(exc))}") from exc
+
+
+def main(command: str, argv: list[str]) -> int:
+    """Run LightningCLI's ``command`` (fit, validate, test, predict) with ``argv``."""
+    _make_cli(expand_configs(argv), command)
     return 0
+
+
+def build_cli(argv: list[str]):
+    """Parse a recipe and flags (``["--config", R, "--trainer.max_epochs", "3", ...]``) without running.
+
+    Returns the LightningCLI object: ``.trainer``, ``.model``, ``.datamodule``
+    (what ``sp4sc demo`` drives).
+    """
+    return _make_cli(expand_configs(argv), None)
 
 
 def _one_line_usage_error(msg: str) -> str:
