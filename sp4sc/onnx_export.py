@@ -622,3 +622,143 @@ def _jsonable(obj):
 
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- `sp4sc demo` steps
+# Registered in sp4sc/commands/demo.py (STEPS) after "evaluate", which sets ctx["model_file"].
+# Each step reads what it needs from ctx, reports with ctx["echo"] and adds rows to ctx["summary"].
+
+def demo_step_fold(ctx: dict) -> None:
+    """Fold BatchNorm of the trained model; check folded == unfolded on toy log-mels."""
+    from sp4sc.checkpoint import load_model
+    from sp4sc.fold import fold_batchnorm
+
+    loaded = load_model(ctx["model_file"])
+    folded = fold_batchnorm(loaded.model)
+    cfg = loaded.frontend
+    x = torch.from_numpy(_demo_features(ctx, loaded, n=4))  # (4, 1, frames, mels)
+    with torch.no_grad():
+        a, b = loaded.model(x).double(), folded(x).double()
+    rel = float((a - b).abs().max() / max(1.0, float(a.abs().max())))
+    ctx["loaded"], ctx["folded"] = loaded, folded
+    ctx["echo"](f"folded {loaded.name}: no BatchNorm left; folded vs unfolded logits on {x.shape[0]} toy clips "
+                f"({cfg.n_frames} frames x {cfg.n_mels} mels): max relative difference {rel:.1e}")
+    if rel > 1e-5:
+        raise Sp4scError(f"folding changed the model's output (relative {rel:.1e} > 1e-5); report this as a bug")
+    ctx["summary"].append(("fold: max rel. logit change", f"{rel:.1e}"))
+
+
+def demo_step_budget(ctx: dict) -> None:
+    """Count parameters, bytes and MACs of the folded model; check the DCASE 2021 budget."""
+    from sp4sc.checkpoint import load_model
+    from sp4sc.complexity import check_budget, complexity_report, format_report
+
+    loaded = ctx.get("loaded") or load_model(ctx["model_file"])
+    report = complexity_report(loaded.model, loaded.frontend)
+    for line in format_report(report).splitlines():
+        ctx["echo"](line)
+    check_budget(report)  # BudgetExceeded stops the demo: over budget is an error
+    ctx["complexity"] = report
+    ctx["echo"]("within the DCASE 2021 budget (65,536 parameters, 128 KB at fp16)")
+    ctx["summary"].append(("parameters (folded)", f"{report['params']:,}"))
+    ctx["summary"].append(("bytes at fp16 (folded)", f"{report['bytes_fp16']:,} ({report['kb_fp16']} KB)"))
+    if report.get("macs_thop") is not None:
+        ctx["summary"].append((f"MACs per {report['duration']:g} s clip (thop / torchinfo)",
+                               f"{report['macs_thop']:,} / {report['macs_torchinfo']:,}"))
+
+
+def demo_step_export(ctx: dict) -> None:
+    """Export to ONNX (fp32 + fp16) with the parity check, into <out>/export."""
+    from sp4sc.checkpoint import load_model
+
+    loaded = ctx.get("loaded") or load_model(ctx["model_file"])
+    out = Path(ctx["out"]) / "export"
+    report = export_onnx(loaded, out, fp16=True, overwrite=True)
+    ctx["export"] = report
+    ctx["export_dir"] = out
+    for key, name in report["files"].items():
+        ctx["echo"](f"wrote {out / name} ({report['file_bytes'][key]:,} bytes)")
+    ctx["echo"](f"fingerprint {report['fingerprint']} (ONNX metadata and frontend.json)")
+    ctx["summary"].append(("ONNX export", f"{out} ({', '.join(report['files'].values())})"))
+
+
+def demo_step_parity(ctx: dict) -> None:
+    """Report the export's parity check: ONNX Runtime vs torch at three (batch, frames) shapes."""
+    report = ctx.get("export")
+    if report is None:
+        ctx["echo"]("no export in this run (step skipped); nothing to compare")
+        return
+    for name, v in report["parity"]["variants"].items():
+        shapes = ", ".join("x".join(str(d) for d in r["shape"]) for r in v["shapes"])
+        ctx["echo"](f"{name}: max |dprob| {v['max_abs_prob']:.1e} (tolerance {v['prob_tolerance']:g}) "
+                    f"at inputs {shapes}: {'ok' if v['passed'] else 'FAILED'}")
+        ctx["summary"].append((f"parity ONNX {name} (max |dprob|)", f"{v['max_abs_prob']:.1e}"))
+
+
+def demo_step_edge(ctx: dict) -> None:
+    """Run the torch-free edge runner on two toy evaluation clips; compare with sp4sc infer."""
+    import subprocess
+    import sys
+
+    from sp4sc.infer import predict_files
+
+    out = ctx.get("export_dir")
+    script = Path(__file__).resolve().parents[1] / "export" / "edge_infer.py"
+    if out is None or not script.exists():
+        ctx["echo"]("skipped: " + ("no export in this run" if out is None else f"{script} not found (not a checkout)"))
+        return
+    files = _demo_clips(ctx, 2)
+    cmd = [sys.executable, str(script), "--model", str(out / FILES["fp32"]), "--json", *files]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise Sp4scError(f"edge runner failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+    edge = json.loads(res.stdout)
+    probs = np.asarray(edge["probs"])
+    ref = predict_files(ctx.get("loaded") or _load(ctx), files)
+    diff = float(np.abs(probs - ref).max())
+    ctx["echo"](f"$ python export/edge_infer.py --model {out / FILES['fp32']} --json <2 clips>")
+    for f, row in zip(edge["files"], probs):
+        k = int(row.argmax())
+        ctx["echo"](f"  {Path(f).name}: {edge['classes'][k]} ({row[k]:.3f})")
+    ctx["echo"](f"edge runner (numpy + ONNX Runtime, no torch) vs sp4sc infer: max |dprob| {diff:.1e}")
+    if diff > 1e-4:
+        raise Sp4scError(f"edge runner and sp4sc infer disagree (max |dprob| {diff:.1e} > 1e-4)")
+    ctx["summary"].append(("edge runner vs sp4sc infer (max |dprob|)", f"{diff:.1e}"))
+
+
+def demo_steps() -> list[tuple[str, Any, str]]:
+    """The export developer's ``sp4sc demo`` steps, in order: ``(name, function, description)``."""
+    return [
+        ("fold", demo_step_fold, "fold BatchNorm; folded == unfolded"),
+        ("budget", demo_step_budget, "parameters, bytes, MACs; DCASE 2021 budget check"),
+        ("export", demo_step_export, "ONNX export (fp32 + fp16) with parity check"),
+        ("parity", demo_step_parity, "ONNX Runtime vs torch at three shapes"),
+        ("edge", demo_step_edge, "torch-free edge runner on two clips vs sp4sc infer"),
+    ]
+
+
+def _load(ctx: dict):
+    from sp4sc.checkpoint import load_model
+
+    ctx["loaded"] = load_model(ctx["model_file"])
+    return ctx["loaded"]
+
+
+def _demo_clips(ctx: dict, n: int) -> list[str]:
+    """The first ``n`` clips of the toy evaluation split (absolute paths)."""
+    from sp4sc.data.index import load_index
+
+    index = load_index("tau2020", ctx["toy_root"], check_audio=False)
+    clips = index.split("test")[:n]
+    return [str(Path(index.root) / c.path) for c in clips]
+
+
+def _demo_features(ctx: dict, loaded, n: int) -> np.ndarray:
+    """Log-mels ``(n, 1, frames, mels)`` of the first toy evaluation clips."""
+    from sp4sc.audio import load_audio
+    from sp4sc.features import LogMel
+
+    cfg = loaded.frontend
+    wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in _demo_clips(ctx, n)])
+    with torch.no_grad():
+        return LogMel(cfg)(torch.from_numpy(wav)).unsqueeze(1).numpy()
