@@ -225,7 +225,8 @@ class _PasstNet(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         # wav: (batch, samples) at 32 kHz
-        spec = self.mel(wav)  # (batch, 128 mels, frames); 100 frames per second
+        with torch.autocast(wav.device.type, enabled=False):  # front end in float32 (STFT has no bf16 path)
+            spec = self.mel(wav.float())  # (batch, 128 mels, frames); 100 frames per second
         cls_tok, dist_tok = self.net.forward_features(spec.unsqueeze(1))  # (batch, 768) each
         return (cls_tok + dist_tok) / 2  # (batch, 768): mean of the cls and distillation tokens
 
@@ -346,6 +347,7 @@ class BeatsEncoder(EncoderBundle):
         full_cfg = dict(BEATS_ITER3_CFG)
         if cfg is not None:
             full_cfg.update(cfg)
+        self.dim = int(full_cfg["encoder_embed_dim"])
         # speechbrain's BEATs takes its cfg only from a checkpoint file it loads
         # itself; build it without a file and with our cfg by handing the
         # constructor a config factory for the duration of the call.
@@ -355,6 +357,7 @@ class BeatsEncoder(EncoderBundle):
             model = beats_mod.BEATs(ckp_path=None, freeze=True)
         finally:
             beats_mod.BEATsConfig = original
+        model.preprocess = _float32_preprocess(model.preprocess)
         return model
 
     def _forward(self, wav: torch.Tensor) -> torch.Tensor:
@@ -383,6 +386,16 @@ class BeatsEncoder(EncoderBundle):
         if unknown:
             raise Sp4scError(f"{path}: unknown BEATs cfg keys {unknown[:4]}; is it a BEATs checkpoint?")
         return cfg
+
+
+def _float32_preprocess(preprocess: Callable) -> Callable:
+    """Wrap BEATs' fbank front end so that it runs in float32 even under bf16 autocast."""
+
+    def run(source: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(source.device.type, enabled=False):
+            return preprocess(source.float(), *args, **kwargs)
+
+    return run
 
 
 def _beats_config_keys() -> list[str]:
