@@ -165,12 +165,28 @@ def step_submit(ctx: dict) -> None:
     ctx["summary"].append(("submission package", f"{res.path} (validated)"))
 
 
+def _export_step(name: str) -> Callable[[dict], None]:
+    """A step from :mod:`sp4sc.onnx_export` (``demo_step_<name>``), imported only when it runs."""
+
+    def step(ctx: dict) -> None:
+        from sp4sc import onnx_export
+
+        getattr(onnx_export, f"demo_step_{name}")(ctx)
+
+    return step
+
+
 STEPS: list[Step] = [
     ("data", step_data, "generate the toy dataset, parse the recipe"),
     ("cache", step_cache, "build the log-mel feature cache"),
     ("train", step_train, "train the demo recipe on the CPU"),
     ("evaluate", step_evaluate, "test the best checkpoint; write model.pt"),
-    # fold / budget / export / parity / edge-runner steps go here (they need model_file)
+    # the export developer's steps (sp4sc/onnx_export.py, demo_step_*): they need model_file
+    ("fold", _export_step("fold"), "fold BatchNorm; folded == unfolded on toy clips"),
+    ("budget", _export_step("budget"), "parameters, bytes, MACs; DCASE 2021 budget check"),
+    ("export", _export_step("export"), "ONNX export (fp32 + fp16) with parity check"),
+    ("parity", _export_step("parity"), "ONNX Runtime vs torch at three shapes"),
+    ("edge", _export_step("edge"), "torch-free edge runner on two clips vs sp4sc infer"),
     ("submit", step_submit, "write and validate a submission package for the toy evaluation split"),
 ]
 REQUIRED = ("data", "cache", "train", "evaluate")
