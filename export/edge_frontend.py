@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ FRONTEND_FORMAT = 1
 
 class EdgeError(Exception):
     """Bad input for the edge runner; the message names the file and the fix (printed on one line)."""
+
+
+# As sp4sc.audio: resampling is said once per process and rate pair; a clip shorter than
+# FAR_SHORTER of the expected length is padded with a warning (lines on stderr, like sp4sc's log).
+FAR_SHORTER = 0.5
+_NOTED: set[tuple[int, int]] = set()
 
 
 def frontend_digest(cfg: dict[str, Any]) -> str:
@@ -203,8 +210,14 @@ def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np
                 f"{path}: sample rate {sr} Hz differs from the model's {sample_rate} Hz and soxr is not "
                 f"installed; `pip install soxr` or resample the file to {sample_rate} Hz"
             ) from exc
+        if (sr, sample_rate) not in _NOTED:
+            _NOTED.add((sr, sample_rate))
+            print(f"INFO: resampling audio from {sr} Hz to {sample_rate} Hz (soxr, high quality)", file=sys.stderr)
         wav = soxr.resample(wav, sr, sample_rate, quality="HQ").astype(np.float32)
     if duration is not None:
         n = int(round(duration * sample_rate))
+        if wav.shape[0] < FAR_SHORTER * n:
+            print(f"WARNING: {path}: {wav.shape[0]} samples, far shorter than the {n} expected; padded with silence",
+                  file=sys.stderr)
         wav = wav[:n] if wav.shape[0] >= n else np.pad(wav, (0, n - wav.shape[0]))
     return np.ascontiguousarray(wav, dtype=np.float32)
