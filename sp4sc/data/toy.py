@@ -35,7 +35,7 @@ from sp4sc.errors import Sp4scError
 from sp4sc.log import logger
 
 SAMPLE_RATE = 44100
-VERSION = 1  # bump when the generator changes: the cache folder name includes it
+VERSION = 2  # bump when the generator changes: the cache folder name includes it
 DEVICES = ("a", "b", "c")
 CITIES = ("amsterdam", "berlin", "copenhagen", "dublin", "edinburgh", "florence")
 DEFAULT_N_PER_CLASS_DEVICE = 12  # 10 scenes x 3 devices x 12 = 360 clips
@@ -240,11 +240,10 @@ def _device(x: np.ndarray, device: str, rng: np.random.Generator) -> np.ndarray:
         sos = np.concatenate([butter(2, 250, "highpass", fs=SAMPLE_RATE, output="sos"),
                               butter(1, 9000, "lowpass", fs=SAMPLE_RATE, output="sos")])
         return sosfilt(sos, x)
-    if device == "c":  # narrow-band recorder with soft saturation
-        sos = butter(3, [400, 5000], "bandpass", fs=SAMPLE_RATE, output="sos")
-        y = sosfilt(sos, x)
-        g = 3.0 / (np.max(np.abs(y)) + 1e-9)
-        return np.tanh(g * y) / g
+    if device == "c":  # narrow-band recorder: band-pass, mild saturation, anti-alias low-pass
+        y = sosfilt(butter(3, [400, 5000], "bandpass", fs=SAMPLE_RATE, output="sos"), x)
+        g = 1.5 / (np.max(np.abs(y)) + 1e-9)
+        return sosfilt(butter(4, 7000, "lowpass", fs=SAMPLE_RATE, output="sos"), np.tanh(g * y) / g)
     raise ValueError(device)  # pragma: no cover
 
 
