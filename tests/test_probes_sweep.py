@@ -66,12 +66,51 @@ def test_sweep_end_to_end_fake_encoder(toy_root, tmp_path, capsys):
     assert len(probe_rows) == 2 and all("random-init" in c["name"] for c in probe_rows)
     assert all(c["params"] > 16 * 16 for c in probe_rows)
 
-    # a second run (one seed) reads every embedding from the cache and gives seed 0's figures again
+    # a second run (one seed) reads every embedding from the cache and gives seed 0's figures again,
+    # with an SP4SC model file in the comparison table
+    ckpt = _sp4sc_model_file(tmp_path / "sp4sc_demo.pt")
     argv[argv.index("--seeds") + 1] = "1"
-    assert main(argv) == 0
+    assert main(argv + ["--compare", str(ckpt)]) == 0
     again = json.loads(capsys.readouterr().out)
     assert all(c["extract"]["cached"] == 60 and c["extract"]["computed"] == 0 for c in again["cost"])
     assert [r["accuracy"] for r in again["rows"]] == [r["per_seed"][0]["accuracy"] for r in result["rows"]]
+    cnn = [c for c in again["compare"] if c["kind"] == "checkpoint"]
+    assert len(cnn) == 1 and cnn[0]["eval_clips"] == result["clips"]["eval"]
+    assert 0 <= cnn[0]["accuracy"] <= 1 and cnn[0]["logloss"] > 0
+    assert 50_000 < cnn[0]["params"] < 65_536 and cnn[0]["macs_per_clip"] > 1e6
+    assert "sp4sc" in (out / "table.md").read_text()
+
+
+def _sp4sc_model_file(path):
+    import torch
+
+    from sp4sc.checkpoint import model_spec, save_model
+    from sp4sc.constants import SCENES
+    from sp4sc.features import frontend_preset
+    from sp4sc.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("sp4sc", n_classes=10, n_mels=64).eval()
+    save_model(path, model, model_spec("sp4sc", model.arch_kwargs, frontend_preset("demo"), SCENES))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_sweep_esc_kfold_fake_encoder(esc10_root, tmp_path, capsys):
+    argv = [
+        "probe", "sweep", "--encoder", "fake-test", "--random-init", "--dataset", "esc", "--root", str(esc10_root),
+        "--dt", "1", "5", "--seeds", "2", "--epochs", "2", "--max-clips", "50", "--aggregation", "mean-embedding",
+        "--out", str(tmp_path / "out"), "--no-cache", "--json", "--cost-windows", "1",
+    ]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    # ESC-10 has 5 official folds: every fold is held out once, the clips once each
+    assert result["splits"]["folds"] == 5 and result["clips"]["eval"] == 50
+    assert [r["dt"] for r in result["rows"]] == [1.0, 5.0]
+    # ESC-10 clips are 3.6-7.2 s: several windows at 1 s, exactly one at 5 s (tail < 2.5 s or padded clip)
+    rows = {r["dt"]: r for r in result["rows"]}
+    assert rows[1.0]["windows_per_eval_clip"] > 3 and rows[5.0]["windows_per_eval_clip"] == 1.0
 
 
 @pytest.mark.parametrize(

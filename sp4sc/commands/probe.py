@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=None, help="output folder (default probe_results/<encoder>_<dataset>)")
     s.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
     s.add_argument("--max-clips", type=int, default=None, metavar="N",
-                   help="at most N clips per split (class-balanced): quick runs")
+                   help="quick runs: at most N clips per split (TAU train and evaluate each; ESC in all, equal per fold), class-balanced")
     s.add_argument("--cache-dir", default=None, help=f"embedding cache (default {_default_cache()})")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")

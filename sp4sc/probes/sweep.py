@@ -49,7 +49,8 @@ class SweepConfig:
         compare: sp4sc model files / Lightning checkpoints to compare with.
         out: output folder.
         cache_dir: embedding cache folder (None: no cache).
-        max_clips: at most this many clips per split (class-balanced, deterministic).
+        max_clips: at most this many clips per split (TAU: train and evaluate each; ESC: in
+            all, the same number per fold); class-balanced, deterministic.
         device: "auto", "cpu" or "cuda[:n]".
         batch_size: windows per encoder forward.
         workers: audio-loading worker processes.
@@ -180,7 +181,10 @@ def load_study_data(dataset: str, root: str | None, max_clips: int | None = None
         if not train or not ev:
             raise Sp4scError(f"{index.root}: fold1 train/evaluate splits are empty")
         return StudyData(dataset, Path(index.root), tuple(index.classes), [(train, ev)], ("fold1 train", "fold1 evaluate"))
-    clips = _balanced(index.all_clips(), max_clips)
+    clips = index.all_clips()
+    if max_clips is not None:  # the same number from each fold, class-balanced within the fold
+        per_fold = max(1, max_clips // max(1, len(index.folds)))
+        clips = [c for k in index.folds for c in _balanced([c for c in clips if c.fold == k], per_fold)]
     _check_labelled(clips, f"{index.root}")
     keep = {c.path for c in clips}
     folds = []
