@@ -168,9 +168,14 @@ def eval_file_names(eval_root: str | os.PathLike) -> list[str]:
     if not lines or lines[0].split("\t")[0].strip() != "filename":
         raise Sp4scError(f"{path}: first line must be the header 'filename'; is it a TAU fold file?")
     names = []
-    for line in lines[1:]:
+    first: dict[str, int] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
         if line.strip():
-            names.append(line.split("\t")[0].strip().replace("\\", "/").rsplit("/", 1)[-1])
+            name = line.split("\t")[0].strip().replace("\\", "/").rsplit("/", 1)[-1]
+            if name in first:  # a broken list would turn into misleading package violations
+                raise Sp4scError(f"{path}: duplicate filename {name!r} on lines {first[name]} and {lineno}")
+            first[name] = lineno
+            names.append(name)
     return names
 
 
