@@ -142,3 +142,17 @@ def test_sweep_unknown_encoder(tmp_path, capsys):
     argv = ["probe", "sweep", "--encoder", "wav2vec", "--random-init", "--dataset", "toy", "--root", str(tmp_path)]
     assert main(argv) == 2
     assert "--encoder" in capsys.readouterr().err
+
+
+def test_bench_extractor_vs_raw_fake_encoder(capsys):
+    argv = ["probe", "bench", "--encoder", "fake-test", "--random-init", "--dt", "0.5", "1", "--clips", "3",
+            "--clip-seconds", "2", "--batch-size", "4", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["random_init"] is True and [r["dt"] for r in result["rows"]] == [0.5, 1.0]
+    for r in result["rows"]:
+        assert r["raw_windows_per_s"] > 0 and r["extractor_windows_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["extractor_windows_per_s"] / r["raw_windows_per_s"])
+    # 3 clips of 2 s: 4 windows each at 0.5 s, 2 at 1 s
+    assert [r["extractor_windows"] for r in result["rows"]] == [12, 6]
+    assert result["machine"].startswith("machine:")

@@ -30,6 +30,11 @@ def _weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random encoder weights")
 
 
+def _gpu_workers(gpu: bool) -> int:
+    """Audio-loading workers: on a GPU enough to keep it fed (cores - 1, at most 8); none on a CPU."""
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if gpu else 0
+
+
 def _default_cache() -> str:
     base = os.environ.get("SP4SC_CACHE") or str(Path.home() / ".cache" / "sp4sc")
     return str(Path(base) / "embeddings")
@@ -58,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     s.add_argument("--batch-size", type=int, default=32, help="windows per encoder forward (default 32)")
-    s.add_argument("--workers", type=int, default=None, help="audio loading processes (default 4 on GPU, 0 on CPU)")
+    s.add_argument("--workers", type=int, default=None, help="audio loading processes (default: cores - 1 up to 8 on GPU, 0 on CPU)")
     s.add_argument("--cost-windows", type=int, default=None,
                    help="windows timed for the cost per δt (default 64 on GPU, 4 on CPU)")
     s.add_argument("--aggregation", nargs="+", default=None, metavar="A",
@@ -76,10 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--dt", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0], metavar="S")
     b.add_argument("--device", default="auto")
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--raw-batches", type=int, default=3, help="timed raw-forward batches per δt")
-    b.add_argument("--clips", type=int, default=None, help="synthetic clips for the extractor (default 128 on GPU, 4 on CPU)")
+    b.add_argument("--raw-batches", type=int, default=3, help="timed raw-forward batches per δt (at least)")
+    b.add_argument("--raw-seconds", type=float, default=None,
+                   help="time the raw forward for at least this long per δt (default 5 on GPU, 0 on CPU)")
+    b.add_argument("--clips", type=int, default=None,
+                   help="clips the extractor reads per δt, cycling over 16 written files (default 2048 on GPU, 4 on CPU)")
     b.add_argument("--clip-seconds", type=float, default=10.0)
-    b.add_argument("--workers", type=int, default=None, help="audio loading processes (default 4 on GPU, 0 on CPU)")
+    b.add_argument("--workers", type=int, default=None, help="audio loading processes (default: cores - 1 up to 8 on GPU, 0 on CPU)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(_run=_run_bench)
 
@@ -112,7 +120,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         max_clips=args.max_clips,
         device=args.device,
         batch_size=args.batch_size,
-        workers=args.workers if args.workers is not None else (4 if gpu else 0),
+        workers=args.workers if args.workers is not None else _gpu_workers(gpu),
         cost_windows=args.cost_windows or (64 if gpu else 4),
         aggregations=tuple(args.aggregation or AGGREGATIONS),
         probe=ProbeConfig(hidden=args.hidden, epochs=args.epochs, batch_size=args.probe_batch_size,
@@ -145,9 +153,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     gpu = device.type == "cuda"
     bundle = load_encoder(args.encoder, ckpt=args.ckpt, random_init=args.random_init, seed=args.init_seed, device=device)
     result = run_bench(
-        bundle, list(args.dt), clips=args.clips or (128 if gpu else 4), clip_seconds=args.clip_seconds,
+        bundle, list(args.dt), clips=args.clips or (2048 if gpu else 4), clip_seconds=args.clip_seconds,
         batch_size=args.batch_size, raw_batches=args.raw_batches,
-        workers=args.workers if args.workers is not None else (4 if gpu else 0),
+        raw_seconds=args.raw_seconds if args.raw_seconds is not None else (5.0 if gpu else 0.0),
+        workers=args.workers if args.workers is not None else _gpu_workers(gpu),
     )
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0

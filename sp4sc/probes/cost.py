@@ -125,8 +125,13 @@ class Throughput:
         return asdict(self)
 
 
-def raw_throughput(bundle: EncoderBundle, dt: float, *, batch_size: int = 32, batches: int = 3, warmup: int = 1) -> Throughput:
-    """Time the bare encoder forward on ready-made windows of noise already on the device."""
+def raw_throughput(
+    bundle: EncoderBundle, dt: float, *, batch_size: int = 32, batches: int = 3, warmup: int = 1, min_seconds: float = 0.0
+) -> Throughput:
+    """Time the bare encoder forward on ready-made windows of noise already on the device.
+
+    Runs ``batches`` timed forwards, and more until ``min_seconds`` have passed.
+    """
     win = window_samples(dt, bundle.sample_rate)
     gen = torch.Generator().manual_seed(0)
     wav = (0.1 * torch.randn(batch_size, win, generator=gen)).to(bundle.device)
@@ -135,11 +140,15 @@ def raw_throughput(bundle: EncoderBundle, dt: float, *, batch_size: int = 32, ba
     synchronize(bundle.device)
     with PeakMemory(bundle.device) as mem:
         t0 = time.perf_counter()
-        for _ in range(batches):
+        done = 0
+        while done < batches or time.perf_counter() - t0 < min_seconds:
             bundle.embed(wav)
+            done += 1
+            if done >= batches and min_seconds > 0:
+                synchronize(bundle.device)
         synchronize(bundle.device)
         seconds = time.perf_counter() - t0
-    n = batch_size * batches
+    n = batch_size * done
     wps = n / seconds if seconds > 0 else float("inf")
     return Throughput(
         dt=dt,
