@@ -157,26 +157,20 @@ def label_problems(label: str) -> list[str]:
 
 
 def eval_file_names(eval_root: str | os.PathLike) -> list[str]:
-    """Bare file names listed in ``<eval_root>/evaluation_setup/fold1_test.csv``."""
-    path = Path(eval_root) / "evaluation_setup" / "fold1_test.csv"
-    if not path.is_file():
-        raise Sp4scError(
-            f"{path}: not found; --eval-root must be a TAU evaluation folder "
-            "(evaluation_setup/fold1_test.csv and audio/)"
-        )
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not lines or lines[0].split("\t")[0].strip() != "filename":
-        raise Sp4scError(f"{path}: first line must be the header 'filename'; is it a TAU fold file?")
-    names = []
-    first: dict[str, int] = {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        if line.strip():
-            name = line.split("\t")[0].strip().replace("\\", "/").rsplit("/", 1)[-1]
-            if name in first:  # a broken list would turn into misleading package violations
-                raise Sp4scError(f"{path}: duplicate filename {name!r} on lines {first[name]} and {lineno}")
-            first[name] = lineno
-            names.append(name)
-    return names
+    """Bare file names listed in ``<eval_root>/evaluation_setup/fold1_test.csv``.
+
+    Read with :func:`sp4sc.data.index.load_index` (``"tau2021eval"``, audio not
+    required), the reader ``sp4sc submit`` uses, so both agree on the list and a
+    malformed list (no ``filename`` column, commas, duplicates, paths leaving the
+    folder) is one error naming the file and line.
+    """
+    from sp4sc.data.index import load_index
+
+    try:
+        index = load_index("tau2021eval", eval_root, check_audio=False)
+    except Sp4scError as exc:
+        raise Sp4scError(f"--eval-root: {exc}") from exc
+    return [c.path.replace("\\", "/").rsplit("/", 1)[-1] for c in index.split("test")]
 
 
 # ----------------------------------------------------------------------------- output csv

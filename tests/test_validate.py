@@ -291,8 +291,16 @@ def test_cli_bad_folder_is_a_one_line_error(tmp_path, capsys):
     assert main(["validate-submission", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a folder" in err[0]
-    assert main(["validate-submission", str(write_package(tmp_path)), "--eval-root", str(tmp_path / "none")]) == 2
-    assert "fold1_test.csv" in capsys.readouterr().err
+    pkg = write_package(tmp_path)
+    assert main(["validate-submission", str(pkg), "--eval-root", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--eval-root" in err and "none" in err
+    ev = write_eval_root(tmp_path)
+    with open(ev / "evaluation_setup" / "fold1_test.csv", "a") as fh:
+        fh.write("audio/0.wav\n")  # a duplicate row in the evaluation list itself
+    assert main(["validate-submission", str(pkg), "--eval-root", str(ev)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold1_test.csv" in err[0] and "duplicate" in err[0].lower()
 
 
 def test_copy_of_package_under_other_name_fails(pkg, tmp_path):
