@@ -336,14 +336,28 @@ def check_model(model_proto, what: str) -> None:
         raise Sp4scError(f"{what}: ONNX checker failed ({first[:300]})") from exc
 
 
-def parity_inputs(n_mels: int, shapes: Sequence[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
-    """Log-mel-like inputs in dB, one array per ``(batch, frames)``: a per-mel spectral profile plus noise."""
+def parity_inputs(n_mels: int, shapes: Sequence[tuple[int, int]], seed: int = 0,
+                  model: nn.Module | None = None) -> list[np.ndarray]:
+    """Log-mel-like inputs in dB, one ``(batch, 1, frames, mels)`` array per ``(batch, frames)``.
+
+    When ``model`` has a folded input normalisation (``bn0``, a per-mel affine ``x * w + b``),
+    the inputs follow its statistics (per-mel mean ``-b / w``, spread ``1 / |w|``) so that a
+    trained model sees inputs like its training data and its probabilities do not saturate
+    (a saturated softmax would hide differences). Otherwise: a random per-mel profile around
+    -45 dB plus noise.
+    """
     rng = np.random.default_rng(seed)
-    profile = rng.normal(-45.0, 10.0, size=(1, 1, 1, n_mels))
-    return [
-        (profile + rng.normal(0.0, 6.0, size=(b, 1, f, n_mels))).astype(np.float32)  # (batch, 1, frames, mels)
-        for b, f in shapes
-    ]
+    mean = rng.normal(-45.0, 10.0, size=(1, 1, 1, n_mels))
+    std = np.full((1, 1, 1, n_mels), 6.0)
+    bn0 = getattr(model, "bn0", None) if model is not None else None
+    w = getattr(bn0, "weight", None)
+    b = getattr(bn0, "bias", None)
+    if isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and w.numel() == n_mels and b.numel() == n_mels:
+        w64, b64 = w.detach().double().numpy(), b.detach().double().numpy()
+        if np.all(np.abs(w64) > 1e-6):
+            mean = (-b64 / w64).reshape(1, 1, 1, n_mels)
+            std = (1.0 / np.abs(w64)).reshape(1, 1, 1, n_mels)
+    return [(mean + std * rng.standard_normal((bsz, 1, f, n_mels))).astype(np.float32) for bsz, f in shapes]
 
 
 def torch_reference(model: nn.Module, inputs: list[np.ndarray], fn=None) -> list[np.ndarray]:
@@ -486,14 +500,14 @@ def export_onnx(
     shapes = [tuple(int(v) for v in s) for s in (parity_shapes or default_parity_shapes(cfg.n_frames, min_frames))]
     if len(shapes) < 3:
         raise Sp4scError(f"parity_shapes: need at least three (batch, frames) shapes, got {shapes}")
-    inputs = parity_inputs(cfg.n_mels, shapes)
+    inputs = parity_inputs(cfg.n_mels, shapes, model=folded)
     ref = torch_reference(folded, inputs)
     trace_frames = 4 * min_frames  # any length: the frame axis is dynamic
 
     models: dict[str, Any] = {}
     parity: dict[str, Any] = {
         "opset": opset, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-        "reference": "torch folded float32 model, softmax in float64", "inputs": "synthetic log-mel dB (seeded)",
+        "reference": "torch folded float32 model, softmax in float64", "inputs": "synthetic log-mel dB (seeded), following the folded input normalisation's per-mel statistics when the model has one",
         "over_budget": over_budget, "variants": {},
     }
 
