@@ -41,22 +41,22 @@ def test_layout_format_and_determinism(tmp_path):
 
 
 def test_other_parameters_and_seeds(tmp_path):
-    a = ensure_toy_dataset(tmp_path / "a", n_per_class_device=1, duration=0.25)
+    a = ensure_toy_dataset(tmp_path / "a", n_per_class_device=2, duration=0.25)
     with pytest.raises(Sp4scError, match="other parameters"):
-        ensure_toy_dataset(a, n_per_class_device=1, duration=0.5)
+        ensure_toy_dataset(a, n_per_class_device=2, duration=0.5)
     (tmp_path / "junk").mkdir()
     with pytest.raises(Sp4scError, match="not a toy dataset"):
         ensure_toy_dataset(tmp_path / "junk")
-    c = ensure_toy_dataset(tmp_path / "c", n_per_class_device=1, duration=0.25, seed=1)
+    c = ensure_toy_dataset(tmp_path / "c", n_per_class_device=2, duration=0.25, seed=1)
     assert _digest(a) != _digest(c)
     assert toy_name(12, 2.0, 0) != toy_name(12, 2.0, 1) != toy_name(12, 1.0, 0)
 
 
 def test_default_root_in_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SP4SC_CACHE", str(tmp_path))
-    root = ensure_toy_dataset(n_per_class_device=1, duration=0.25)
-    assert root == tmp_path / toy_name(1, 0.25, 0) and (root / "meta.csv").exists()
-    assert ensure_toy_dataset(n_per_class_device=1, duration=0.25) == root  # reused
+    root = ensure_toy_dataset(n_per_class_device=2, duration=0.25)
+    assert root == tmp_path / toy_name(2, 0.25, 0) and (root / "meta.csv").exists()
+    assert ensure_toy_dataset(n_per_class_device=2, duration=0.25) == root  # reused
 
 
 def test_scenes_differ_and_devices_filter():

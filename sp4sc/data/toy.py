@@ -274,9 +274,7 @@ def _write(root: Path, n_per_class_device: int, duration: float, seed: int) -> N
     n_samples = int(round(duration * SAMPLE_RATE))
     (root / "audio").mkdir(parents=True)
     (root / "evaluation_setup").mkdir()
-    n_train = n_per_class_device if n_per_class_device < 2 else min(
-        n_per_class_device - 1, max(1, int(round(TRAIN_FRACTION * n_per_class_device)))
-    )
+    n_train = min(n_per_class_device - 1, max(1, int(round(TRAIN_FRACTION * n_per_class_device))))
     meta, train, evaluate = [], [], []
     for si, scene in enumerate(SCENES):
         for di, device in enumerate(DEVICES):
@@ -326,8 +324,8 @@ def ensure_toy_dataset(
     Returns:
         The dataset root.
     """
-    if n_per_class_device < 1:
-        raise Sp4scError(f"n_per_class_device={n_per_class_device}: must be at least 1")
+    if n_per_class_device < 2:
+        raise Sp4scError(f"n_per_class_device={n_per_class_device}: must be at least 2 (one train and one evaluate clip)")
     if not 0 < duration <= 60:
         raise Sp4scError(f"duration={duration}: must be in (0, 60] seconds")
     root = Path(root).expanduser() if root is not None else default_cache_root() / toy_name(n_per_class_device, duration, seed)
