@@ -34,13 +34,24 @@ SP4ASC_FRAMES, SP4ASC_MELS = 431, 256
 
 
 def tta_spec_augment(loaded, spec_augment: Sequence[int] | None = None):
-    """The SpecAugment used for TTA: ``spec_augment`` if given, else the model file's
-    ``meta["spec_augment"]`` (recorded at training), else SP4ASC's scaled to the front end."""
+    """The SpecAugment used for TTA.
+
+    In order: ``spec_augment`` if given; the model file's training setting
+    (``meta["spec_augment"]``, written by :class:`sp4sc.lit.SceneClassifier`, or
+    ``meta["source"]["config"]["specAugment"]`` of a converted SP4ASC checkpoint);
+    else SP4ASC's ``[128, 2, 32, 2]`` with its widths scaled to the front end's frames
+    and mel bins. The fill is the file's ``spec_augment_fill`` (default ``"mean"``).
+    """
     from sp4sc.data.augment import SpecAugment
 
+    meta = loaded.meta if isinstance(loaded.meta, dict) else {}
     values = spec_augment
-    if values is None:
-        values = (loaded.meta or {}).get("spec_augment") if isinstance(loaded.meta, dict) else None
+    if not values:
+        values = meta.get("spec_augment")
+    if not values:
+        source = meta.get("source")
+        config = source.get("config") if isinstance(source, dict) else None
+        values = config.get("specAugment") if isinstance(config, dict) else None
     if not values:
         cfg = loaded.frontend
         tw, ts, fw, fs = SP4ASC_SPEC_AUGMENT
@@ -48,7 +59,7 @@ def tta_spec_augment(loaded, spec_augment: Sequence[int] | None = None):
             max(2, round(tw * cfg.n_frames / SP4ASC_FRAMES)), ts,
             max(2, round(fw * cfg.n_mels / SP4ASC_MELS)), fs,
         )
-    return SpecAugment.from_list(list(values))
+    return SpecAugment.from_list([int(v) for v in values], fill=str(meta.get("spec_augment_fill") or "mean"))
 
 
 def _clip_generator(seed: int, k: int, i: int) -> torch.Generator:

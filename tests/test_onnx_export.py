@@ -209,3 +209,36 @@ def test_cli_export_existing_out_and_over_budget(sp4sc_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "over the complexity budget" in err
     assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_fp16_and_int8_on_real_esc10_with_sp4asc_weights(sp4asc_weights, esc10_root, tmp_path):
+    """The variants' prediction change on real recordings (trained SP4ASC weights; ESC-10 audio, 5 s).
+
+    There is no TAU audio here, so this measures agreement with the fp32 model on real
+    audio, not accuracy on the task.
+    """
+    from sp4sc.audio import load_audio
+    from sp4sc.sp4asc_import import write_converted
+
+    ckpt = tmp_path / "sp4asc.pt"
+    write_converted(sp4asc_weights / "cnn6_small_dropout_2_specAugment_128_2_32_2.pth", ckpt)
+    loaded = load_model(ckpt)
+    loaded.frontend = loaded.frontend.replace(duration=5.0)
+    cfg = loaded.frontend
+    out = tmp_path / "exp"
+    onnx_export.export_onnx(loaded, out, fp16=True, int8=True, parity_shapes=[(1, cfg.n_frames), (2, 100), (3, 64)])
+    files = sorted((esc10_root / "audio").glob("*.ogg"))[::25][:16]
+    wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in files])
+    with torch.no_grad():
+        x = LogMel(cfg)(torch.from_numpy(wav)).unsqueeze(1)
+        ref = torch.softmax(loaded.model(x).double(), -1).numpy()
+    probs = {k: onnx_export.ort_session(out / onnx_export.FILES[k]).run(["probs"], {"logmel": x.numpy()})[0]
+             for k in ("fp32", "fp16", "int8")}
+    agree = {k: float(np.mean(p.argmax(1) == ref.argmax(1))) for k, p in probs.items()}
+    mean_dp = {k: float(np.abs(p - ref).mean()) for k, p in probs.items()}
+    assert np.abs(probs["fp32"] - ref).max() <= 1e-5
+    assert agree["fp16"] >= 0.9 and mean_dp["fp16"] <= 1e-3
+    assert agree["int8"] >= 0.75 and mean_dp["int8"] <= 0.05
+    assert ref.max(1).mean() < 0.99  # the trained model is not saturated on these clips: the comparison means something
