@@ -78,7 +78,34 @@ def recipe_data_args(configs: list[str], overrides: dict[str, Any]) -> dict[str,
             merged[key] = value
     for key, raw in overrides.items():
         merged[key] = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    _check_types(merged, f"--config {files[-1]}" if files else "--data")
     return merged
+
+
+def _check_types(merged: dict[str, Any], source: str) -> None:
+    """Each value against SceneDataModule's annotation (int, float, str, bool, Optional): one line naming the key."""
+    import typing
+
+    from sp4sc.data.datamodule import SceneDataModule
+
+    hints = typing.get_type_hints(SceneDataModule.__init__)
+    simple = (int, float, str, bool, type(None))
+    for key, value in merged.items():
+        hint = hints.get(key)
+        allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        if hint is None or any(t not in simple for t in allowed):
+            continue
+        ok = any(
+            (t is type(None) and value is None)
+            or (t is bool and isinstance(value, bool))
+            or (t is int and isinstance(value, int) and not isinstance(value, bool))
+            or (t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (t is str and isinstance(value, str))
+            for t in allowed
+        )
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise Sp4scError(f"{source}: data.{key}: {value!r} is not {names}")
 
 
 def run(args: argparse.Namespace) -> int:
