@@ -385,7 +385,6 @@ def make_submission(
     """
     from sp4sc.checkpoint import LoadedModel, load_model
     from sp4sc.complexity import check_budget, complexity_report
-    from sp4sc.data.index import load_index
     from sp4sc.fileio import atomic_dir, write_json, write_text
     from sp4sc.fold import fold_batchnorm
 
@@ -430,25 +429,28 @@ def make_submission(
         meta=loaded.meta,
     )
 
-    eval_index = load_index("tau2021eval", eval_root)
+    # read both file lists (and check their audio exists) before any inference
+    eval_index = _index("tau2021eval", eval_root, "--eval-root")
     eval_clips = eval_index.split("test")
     if not eval_clips:
         raise Sp4scError(f"{eval_root}: evaluation_setup/fold1_test.csv lists no files")
-    names = [bare_name(c.path) for c in eval_clips]
-    eval_probs = reorder_columns(
-        predict(deployed, [Path(eval_index.root) / c.path for c in eval_clips], tta=tta, seed=seed, batch_size=batch_size),
-        loaded.classes,
-    )
-
-    results = None
+    dev_index = dev_clips = None
     if dev_root is not None:
-        dev_index = load_index("tau2020", dev_root)
+        dev_index = _index("tau2020", dev_root, "--dev-root")
         dev_clips = dev_index.split("evaluate")
         if not dev_clips:
             raise Sp4scError(f"{dev_root}: evaluation_setup/fold1_evaluate.csv lists no files")
         unknown = sorted({c.scene for c in dev_clips if c.scene not in SCENES})
         if unknown:
             raise Sp4scError(f"{dev_root}: fold1_evaluate.csv has scene labels {unknown} outside the 10 DCASE scenes")
+
+    names = [bare_name(c.path) for c in eval_clips]
+    eval_probs = reorder_columns(
+        predict(deployed, [Path(eval_index.root) / c.path for c in eval_clips], tta=tta, seed=seed, batch_size=batch_size),
+        loaded.classes,
+    )
+    results = None
+    if dev_clips is not None:
         dev_probs = reorder_columns(
             predict(deployed, [Path(dev_index.root) / c.path for c in dev_clips], tta=tta, seed=seed, batch_size=batch_size),
             loaded.classes,
@@ -500,6 +502,16 @@ def make_submission(
                 warnings.append(str(w).replace(str(tmp), str(target)))
     return SubmitResult(path=target, label=label, rows=len(names), complexity=cx, results=results,
                         over_budget=over_budget, warnings=warnings)
+
+
+def _index(dataset: str, root, option: str):
+    """:func:`sp4sc.data.index.load_index` with the command-line option named in its errors."""
+    from sp4sc.data.index import load_index
+
+    try:
+        return load_index(dataset, root)
+    except Sp4scError as exc:
+        raise Sp4scError(f"{option}: {exc}") from exc
 
 
 def _jsonable(obj):

@@ -288,6 +288,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, small_eval, ckpt, capsys):
     capsys.readouterr()
     assert main(base + ["--label", LABEL, "--template", str(tmp_path / "none.yaml")]) == 2
     assert "template" in capsys.readouterr().err
+    assert main(base + ["--label", LABEL, "--dev-root", str(tmp_path / "nodev")]) == 2
+    err = capsys.readouterr().err
+    assert "--dev-root" in err and "nodev" in err
     assert main(["submit", "--ckpt", str(tmp_path / "no.pt"), "--eval-root", str(small_eval), "--label", LABEL,
                  "--out", str(tmp_path)]) == 2
     assert list(tmp_path.iterdir()) == []
