@@ -67,6 +67,7 @@ def _with_bases(path: Path, seen: list[Path]) -> list[Path]:
     real = path.resolve()
     if real in seen:
         raise Sp4scError(f"--config {path}: its bases include itself")
+    _check_yaml(path)
     bases: list[Path] = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -77,6 +78,19 @@ def _with_bases(path: Path, seen: list[Path]) -> list[Path]:
     for b in bases:
         out += _with_bases(b, seen + [real])
     return out + [path]
+
+
+def _check_yaml(path: Path) -> None:
+    """A recipe that is not YAML is an error naming the file and the line (jsonargparse names neither)."""
+    import yaml
+
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise Sp4scError(f"--config {path}: not valid YAML{where} ({problem})") from exc
 
 
 def _cli_class():
