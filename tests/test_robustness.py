@@ -732,10 +732,14 @@ bad("edge", "args", "batch-size-0", lambda ctx: Call(
 def _config_case(command: str, kind: str) -> Callable[[Ctx], Call]:
     def make(ctx: Ctx) -> Call:
         root = ctx.fx("toy_root")
-        if kind == "unknown-key":
+        if kind == "unknown-key":  # a typo in the model section
             r = _recipe(ctx, root=root, extra="")
             r.write_text(r.read_text().replace("  backbone_kwargs:", "  learning_rte: 0.1\n  backbone_kwargs:"))
             names = ["learning_rte"]
+        elif kind == "unknown-data-key":
+            r = _recipe(ctx, root=root, extra="")
+            r.write_text(r.read_text().replace("  batch_size: 8", "  batch_size: 8\n  cache_dri: /tmp/x"))
+            names = ["cache_dri"]
         elif kind == "wrong-type":
             r = _recipe(ctx, root=root)
             r.write_text(r.read_text().replace("  batch_size: 8", "  batch_size: eight"))
@@ -765,10 +769,10 @@ def _config_case(command: str, kind: str) -> Callable[[Ctx], Call]:
     return make
 
 
-for _kind in ("unknown-key", "wrong-type", "missing-root", "missing-file", "not-yaml", "unknown-backbone",
-              "bad-backbone-kwarg"):
+for _kind in ("unknown-key", "unknown-data-key", "wrong-type", "missing-root", "missing-file", "not-yaml",
+              "unknown-backbone", "bad-backbone-kwarg"):
     bad("fit", "config", _kind, _config_case("fit", _kind), debug=_kind == "missing-root")
-for _kind in ("unknown-key", "wrong-type", "missing-root", "missing-file"):
+for _kind in ("unknown-data-key", "wrong-type", "missing-root", "missing-file", "not-yaml"):
     bad("cache", "config", _kind, _config_case("cache", _kind))
 for _kind in ("missing-file", "not-yaml", "unknown-backbone", "bad-backbone-kwarg"):
     bad("complexity", "config", _kind, _config_case("complexity", _kind))
