@@ -123,15 +123,41 @@ def frontend_preset(name: str, **overrides: Any) -> FrontEndConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
-    """Slaney-scale, Slaney-normalised mel filters, ``(n_fft // 2 + 1, n_mels)`` float32."""
-    import librosa
+# Slaney's mel scale (Auditory Toolbox, also librosa's default): linear below 1 kHz
+# (200/3 Hz per mel), logarithmic above (a factor 6.4 every 27 mels).
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
 
-    fb = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
-        htk=False, norm="slaney", dtype=np.float64,
-    )
-    return np.ascontiguousarray(fb.T.astype(np.float32))
+
+def hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney mel of frequencies in Hz."""
+    f = np.asarray(f, dtype=np.float64)
+    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP, f / _F_SP)
+
+
+def mel_to_hz(m: np.ndarray) -> np.ndarray:
+    """Frequencies in Hz of Slaney mels."""
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
+
+
+def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised (unit area) triangular mel filters, ``(n_fft // 2 + 1, n_mels)`` float32.
+
+    Computed here in float64 rather than with librosa (same definition; the
+    tests compare the two), so that worker processes need not import librosa.
+    """
+    fft_freqs = np.linspace(0.0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)
+    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.f_min), hz_to_mel(cfg.f_max), cfg.n_mels + 2))  # (n_mels + 2,)
+    widths = np.diff(edges)  # (n_mels + 1,)
+    ramps = edges[:, None] - fft_freqs[None, :]  # (n_mels + 2, bins)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, bins)
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney normalisation: each filter has unit area
+    return np.ascontiguousarray(weights.T.astype(np.float32))
 
 
 class LogMel(nn.Module):

@@ -92,3 +92,17 @@ def test_config_digest_and_dict():
     with pytest.raises(Sp4scError, match="unknown front end 'spasc'"):
         frontend_preset("spasc")
     assert set(PRESETS) >= {"sp4asc", "panns", "demo"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_mel_filterbank_matches_librosa(name):
+    import librosa
+
+    from sp4sc.features import mel_filterbank
+
+    cfg = PRESETS[name]
+    ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
+                              htk=False, norm="slaney", dtype=np.float64).T
+    ours = mel_filterbank(cfg)
+    assert ours.shape == (cfg.n_fft // 2 + 1, cfg.n_mels) and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() <= 1e-7 * np.abs(ref).max() + 1e-9
