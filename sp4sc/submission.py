@@ -31,7 +31,6 @@ Everything is written into a temporary folder beside the target, validated by
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
