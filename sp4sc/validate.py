@@ -473,6 +473,7 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
         if dev is not None:
             empty = 0
             total = 0
+            accuracies: list[float] = []
 
             def metric_block(keys: tuple, block) -> None:
                 nonlocal empty, total
@@ -491,6 +492,8 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
                         col.error(name, line(*keys, m), "meta-type", f"'{dotted(keys + (m,))}' must be a number (got {v!r})")
                     elif m == "accuracy" and not 0 <= v <= 100:
                         col.error(name, line(*keys, m), "meta-range", f"'{dotted(keys + (m,))}' = {v} is not a percentage in [0, 100]")
+                    elif m == "accuracy":
+                        accuracies.append(v)
                     elif m == "logloss" and v < 0:
                         col.error(name, line(*keys, m), "meta-range", f"'{dotted(keys + (m,))}' = {v} is negative")
 
@@ -512,6 +515,9 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
                         col.error(name, line(*base, block_name, k), "meta-key",
                                   f"'{dotted(base + (block_name,))}' has unknown key {k!r}; expected {', '.join(keys_required)}")
                     metric_block(base + (block_name, k), v)
+            if accuracies and max(accuracies) <= 1.0 and max(accuracies) > 0:
+                col.warn(name, line(*base), "accuracy-fraction",
+                         "every accuracy is at most 1: DCASE reports accuracy in percent (e.g. 66.8, not 0.668)")
             if total and empty == total:
                 col.warn(name, line(*base), "results-empty",
                          "development results are empty; the organisers highly recommend them (sp4sc submit --dev-root)")

@@ -252,6 +252,17 @@ def test_sum_tolerance_is_configurable(pkg):
     assert [v.rule for v in validate_submission(pkg, sum_tol=1e-6).violations] == ["prob-sum"]
 
 
+def test_accuracy_as_fraction_warns(pkg):
+    def to_fraction(m):
+        dev = m["results"]["development_dataset"]
+        for block in [dev["overall"], *dev["class_wise"].values(), *dev["device_wise"].values()]:
+            block["accuracy"] = block["accuracy"] / 100
+
+    edit_meta(pkg, to_fraction)
+    report = validate_submission(pkg)
+    assert report.ok and [w.rule for w in report.warnings] == ["accuracy-fraction"]
+
+
 def test_empty_results_warn(tmp_path):
     pkg = write_package(tmp_path)
     edit_meta(pkg, lambda m: m["results"]["development_dataset"]["overall"].update(logloss=None, accuracy=None))
