@@ -23,9 +23,11 @@ perfectly. Generation is deterministic in ``seed`` and the size parameters.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -268,26 +270,39 @@ def toy_name(n_per_class_device: int, duration: float, seed: int) -> str:
     return f"toy-v{VERSION}-n{n_per_class_device}-d{duration:g}-s{seed}"
 
 
-def _write(root: Path, n_per_class_device: int, duration: float, seed: int) -> None:
+def _synth_file(job: tuple[str, str, str, int, int, int, int, int]) -> None:
+    """Generate and write one clip (in a worker process or inline)."""
     import soundfile as sf
 
+    path, scene, device, seed, si, di, k, n_samples = job
+    x = synth_clip(scene, device, n_samples, np.random.default_rng([seed, si, di, k]))
+    sf.write(path, x, SAMPLE_RATE, subtype="PCM_24", format="WAV")
+
+
+def _write(root: Path, n_per_class_device: int, duration: float, seed: int) -> None:
     n_samples = int(round(duration * SAMPLE_RATE))
     (root / "audio").mkdir(parents=True)
     (root / "evaluation_setup").mkdir()
     n_train = min(n_per_class_device - 1, max(1, int(round(TRAIN_FRACTION * n_per_class_device))))
-    meta, train, evaluate = [], [], []
+    meta, train, evaluate, jobs = [], [], [], []
     for si, scene in enumerate(SCENES):
         for di, device in enumerate(DEVICES):
             for k in range(n_per_class_device):
-                rng = np.random.default_rng([seed, si, di, k])
                 # Train and evaluate clips come from different "cities", as in TAU's fold1.
                 city = CITIES[(k % 4) if k < n_train else 4 + (k % 2)]
                 location = 100 * si + k
                 name = f"audio/{scene}-{city}-{location}-{di * 1000 + k}-{device}.wav"
-                x = synth_clip(scene, device, n_samples, rng)
-                sf.write(str(root / name), x, SAMPLE_RATE, subtype="PCM_24", format="WAV")
+                jobs.append((str(root / name), scene, device, seed, si, di, k, n_samples))
                 meta.append(f"{name}\t{scene}\t{city}-{location}\t{device}")
                 (train if k < n_train else evaluate).append((name, scene))
+    # Each clip has its own seeded generator: the files do not depend on the worker count.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1 and len(jobs) * duration > 20 and "fork" in mp.get_all_start_methods():
+        with ProcessPoolExecutor(cores, mp_context=mp.get_context("fork")) as pool:
+            list(pool.map(_synth_file, jobs, chunksize=8))
+    else:
+        for job in jobs:
+            _synth_file(job)
     (root / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(meta) + "\n")
     setup = root / "evaluation_setup"
     (setup / "fold1_train.csv").write_text("filename\tscene_label\n" + "".join(f"{n}\t{s}\n" for n, s in train))
