@@ -379,6 +379,7 @@ def _compare(session, inputs: list[np.ndarray], ref_logits: list[np.ndarray],
         rows.append({
             "shape": list(x.shape),
             "max_abs_prob": float(np.abs(o_probs - t_probs).max()),
+            "mean_abs_prob": float(np.abs(o_probs - t_probs).mean()),
             "max_abs_logit": float(np.abs(o_logits - t_logits).max()),
             "max_rel_logit": float(np.abs(o_logits - t_logits).max() / scale),
             "top1_agreement": float(np.mean(o_probs.argmax(-1) == t_probs.argmax(-1))),
@@ -389,6 +390,7 @@ def _compare(session, inputs: list[np.ndarray], ref_logits: list[np.ndarray],
 def _summary(rows: list[dict[str, Any]], tol: float | None, logit_rel_tol: float | None = None) -> dict[str, Any]:
     out = {
         "max_abs_prob": max(r["max_abs_prob"] for r in rows),
+        "mean_abs_prob": float(np.mean([r["mean_abs_prob"] for r in rows])),
         "max_abs_logit": max(r["max_abs_logit"] for r in rows),
         "max_rel_logit": max(r["max_rel_logit"] for r in rows),
         "top1_agreement": float(np.mean([r["top1_agreement"] for r in rows])),
@@ -524,7 +526,16 @@ def export_onnx(
         p16 = to_onnx(_copy(deployed), cfg.n_mels, trace_frames, half=True, opset=opset)
         set_metadata(p16, {**base_meta, "input": "logmel", "precision": "fp16"})
         check_model(p16, FILES["fp16"])
-        parity["variants"]["fp16"] = _summary(_compare(ort_session(p16), inputs, ref), FP16_PROB_TOL)
+        # The gate compares with torch running the same float16-rounded weights (the export's fidelity);
+        # the effect of rounding the weights to float16 at all is reported beside it ("vs_fp32"): for a
+        # trained model it can exceed 1e-2 on some inputs (SP4ASC's weights: up to ~1.5e-2).
+        sess16 = ort_session(p16)
+        ref16 = torch_reference(_fp16_rounded(deployed), inputs)
+        summary = _summary(_compare(sess16, inputs, ref16), FP16_PROB_TOL)
+        summary["reference"] = "torch folded model with its weights rounded to float16 (computed in float32)"
+        vs32 = _summary(_compare(sess16, inputs, ref), None)
+        summary["vs_fp32"] = {k: vs32[k] for k in ("max_abs_prob", "mean_abs_prob", "max_rel_logit", "top1_agreement")}
+        parity["variants"]["fp16"] = summary
         models["fp16"] = p16
 
     if int8:
@@ -610,6 +621,16 @@ def _waveform_parity(proto, folded: nn.Module, cfg, shapes: Sequence[tuple[int, 
     out = _summary(rows, WAVEFORM_PROB_TOL, FP32_LOGIT_REL_TOL * 10)
     out["reference"] = "sp4sc.features.LogMel + torch folded model"
     return out
+
+
+def _fp16_rounded(model: nn.Module) -> nn.Module:
+    """A float32 copy of ``model`` whose parameters and buffers are rounded to float16."""
+    m = _copy(model)
+    with torch.no_grad():
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return m.eval()
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -94,6 +94,7 @@ def test_variants_parity_and_files(full_export):
     v = parity["variants"]
     assert v["fp32"]["passed"] and v["fp32"]["max_abs_prob"] <= 1e-5
     assert v["fp16"]["passed"] and v["fp16"]["max_abs_prob"] <= 1e-2
+    assert v["fp16"]["vs_fp32"]["max_abs_prob"] <= 1e-2 and v["fp16"]["vs_fp32"]["top1_agreement"] == 1.0
     assert v["waveform"]["passed"]
     assert v["int8"]["passed"] is None and v["int8"]["max_abs_prob"] < 0.1  # reported, not gated
     assert len(v["fp32"]["shapes"]) >= 3

@@ -57,6 +57,10 @@ def summary_lines(report: dict) -> str:
             f"  parity {name:<8} max |dprob| {v['max_abs_prob']:.2e}{tol}, max rel dlogit {v['max_rel_logit']:.2e}, "
             f"top-1 agreement {v['top1_agreement']:.3f} at {shapes}: {gate}"
         )
+        if "vs_fp32" in v:
+            w = v["vs_fp32"]
+            lines.append(f"    {name} weights vs the fp32 model: max |dprob| {w['max_abs_prob']:.2e}, mean {w['mean_abs_prob']:.1e}, "
+                         f"top-1 agreement {w['top1_agreement']:.3f} (reported, not gated)")
     for name, f in report["files"].items():
         lines.append(f"  {f}: {report['file_bytes'][name]:,} bytes")
     return "\n".join(lines)
