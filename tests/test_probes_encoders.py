@@ -137,3 +137,14 @@ def test_passt_random_init_sweep_two_clips(passt, tmp_path):
     assert all(np.isfinite(c["windows_per_s"]) and c["windows_per_s"] > 0 for c in saved["cost"])
     assert saved["encoder_params"] > 80_000_000
     assert "RANDOM-INIT" in open(paths["table"]).read()
+    # an embedded (cached) window equals PaSST applied to that slice of the resampled clip
+    from sp4sc.audio import load_audio
+    from sp4sc.probes.cache import EmbeddingCache, EmbeddingKey
+
+    cache = EmbeddingCache(tmp_path / "cache", EmbeddingKey("passt", passt.identity, 1.0, 1.0, 32000), 768)
+    name = sorted(cache.entries)[0]
+    stored = cache.get(name)
+    assert stored.shape == (2, 768)  # 2 s clip, δt = 1 s
+    wave = load_audio(root / name, 32000)
+    direct = passt.embed(torch.from_numpy(wave[32000:64000][None])).numpy()
+    np.testing.assert_allclose(stored[1:2], direct, rtol=1e-4, atol=1e-4)

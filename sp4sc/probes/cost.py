@@ -110,6 +110,7 @@ class Throughput:
         encoder_s_per_audio_hour: encoder seconds per hour of audio, windows not overlapping (hop = δt).
         peak_mib: peak memory during the timed forwards.
         memory_kind: what ``peak_mib`` measures.
+        flops_per_window: FLOPs of one window (counted on the warm-up batch, see :func:`flops_per_window`).
     """
 
     dt: float
@@ -120,6 +121,7 @@ class Throughput:
     encoder_s_per_audio_hour: float
     peak_mib: float
     memory_kind: str
+    flops_per_window: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,11 +133,19 @@ def raw_throughput(
     """Time the bare encoder forward on ready-made windows of noise already on the device.
 
     Runs ``batches`` timed forwards, and more until ``min_seconds`` have passed.
+    The first warm-up forward runs under ``FlopCounterMode`` to count the
+    FLOPs per window (at least one warm-up forward is always made).
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     win = window_samples(dt, bundle.sample_rate)
     gen = torch.Generator().manual_seed(0)
     wav = (0.1 * torch.randn(batch_size, win, generator=gen)).to(bundle.device)
-    for _ in range(warmup):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        bundle.embed(wav)
+    flops = float(counter.get_total_flops()) / batch_size
+    for _ in range(warmup - 1):
         bundle.embed(wav)
     synchronize(bundle.device)
     with PeakMemory(bundle.device) as mem:
@@ -159,4 +169,5 @@ def raw_throughput(
         encoder_s_per_audio_hour=(3600.0 / dt) / wps,
         peak_mib=mem.peak_mib,
         memory_kind=mem.kind,
+        flops_per_window=flops,
     )

@@ -225,7 +225,7 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
         bundle: an encoder already built (tests); by default built from ``cfg``.
     """
     from sp4sc.benchmarks.machine import line as machine_line
-    from sp4sc.probes.cost import flops_per_window, raw_throughput
+    from sp4sc.probes.cost import raw_throughput
     from sp4sc.probes.extract import embed_clips
 
     device = resolve_device(cfg.device)
@@ -282,7 +282,7 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
                         + (f", log loss {ll:.3f}" if ll is not None else ""))
         batch = max(1, min(cfg.batch_size, cfg.cost_windows))
         thr = raw_throughput(bundle, dt, batch_size=batch, batches=max(1, cfg.cost_windows // batch), warmup=1)
-        gflops = flops_per_window(bundle, dt) / 1e9
+        gflops = thr.flops_per_window / 1e9  # counted on the warm-up batch
         extract = st.to_dict()
         cost.append({
             "dt": dt,
