@@ -101,3 +101,16 @@ def test_bad_files_are_named(tmp_path, name, make, message):
     with pytest.raises(Sp4scError, match=message) as err:
         load_audio(path, SR)
     assert name in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_all_esc10_clips_decode(esc10_root):
+    from sp4sc.data.index import load_index
+
+    idx = load_index("esc", esc10_root)
+    lengths = []
+    for clip in idx.all_clips():
+        x = load_audio(idx.path(clip), SR)
+        assert x.dtype == np.float32 and np.isfinite(x).all() and np.abs(x).max() < 1.5  # Vorbis may overshoot 1.0 a little
+        lengths.append(len(x) / SR)
+    assert len(lengths) == 400 and 3.0 < min(lengths) and max(lengths) < 8.0

@@ -189,3 +189,11 @@ def test_esc_errors_name_the_culprit(tmp_path):
     root = make_esc(tmp_path / "esc", "filename,fold,target,category\r\nb.ogg,2,1,cat\r\na.ogg,1,0,dog\r\n")
     idx = load_index("esc", root, check_audio=False)
     assert idx.classes == ("cat", "dog") and idx.split("fold1")[0].label == 1
+
+
+def test_inner_dotdot_that_stays_inside_is_normalised(tmp_path):
+    rows = [["audio/sub/../x.wav", "airport", "lyon-1", "a"], ["audio/y.wav", "bus", "lyon-2", "a"]]
+    make_tau(tmp_path, rows, train="filename\tscene_label\naudio/x.wav\tairport\n",
+             evaluate="filename\tscene_label\naudio/y.wav\tbus\n", test="filename\naudio/y.wav\n", audio=False)
+    idx = load_index("tau2020", tmp_path, check_audio=False)
+    assert idx.split("train")[0].path == "audio/x.wav"
