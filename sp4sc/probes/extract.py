@@ -19,7 +19,7 @@ import torch
 from sp4sc.errors import Sp4scError
 from sp4sc.log import logger
 from sp4sc.probes.cache import EmbeddingCache, EmbeddingKey, file_stamp
-from sp4sc.probes.cost import PeakMemory, synchronize
+from sp4sc.probes.cost import PeakMemory
 from sp4sc.probes.encoders import EncoderBundle
 from sp4sc.probes.windows import cut_windows, window_samples
 
@@ -34,7 +34,7 @@ class ExtractStats:
         computed: clips embedded now.
         windows: windows embedded now.
         audio_s: seconds of audio embedded now (clip lengths).
-        encoder_s: seconds spent in the encoder forward (device synchronised).
+        encoder_s: seconds this process spent launching the encoder and waiting for its results.
         wall_s: seconds of the whole extraction (loading, windowing, caching included).
         peak_mib: peak memory during the extraction.
         memory_kind: what ``peak_mib`` measures.
@@ -146,7 +146,15 @@ def embed_clips(
     next_log = 500
     t_start = time.perf_counter()
 
+    pending: list[tuple[torch.Tensor, object, int]] = []  # launched batches not yet distributed
+
     def run_encoder(n: int) -> None:
+        """Launch the encoder on the next ``n`` buffered windows; distribute the previous batch.
+
+        On a GPU the result is copied to pinned memory asynchronously and collected
+        only after the next batch is launched, so the device keeps working while
+        this process prepares batches.
+        """
         nonlocal buffer, buffered
         flat = np.concatenate(buffer, axis=0) if len(buffer) > 1 else buffer[0]
         batch, rest = flat[:n], flat[n:]
@@ -156,10 +164,28 @@ def embed_clips(
         if pin:
             x = x.pin_memory()
         t0 = time.perf_counter()
-        emb = bundle.embed(x).cpu().numpy()  # (n, dim); .cpu() waits for the device
-        synchronize(bundle.device)
+        emb = bundle.embed(x)  # (n, dim) on the device
+        event = None
+        if pin:
+            host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+            host.copy_(emb, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            emb = host
         stats.encoder_s += time.perf_counter() - t0
         stats.windows += n
+        pending.append((emb, event, n))
+        if len(pending) > 1:
+            collect()
+
+    def collect() -> None:
+        """Wait for the oldest launched batch and hand its embeddings to their clips."""
+        emb_t, event, n = pending.pop(0)
+        t0 = time.perf_counter()
+        if event is not None:
+            event.synchronize()
+        emb = emb_t.cpu().numpy()
+        stats.encoder_s += time.perf_counter() - t0
         pos = 0
         while pos < n:
             owner = owners[0]
@@ -200,6 +226,8 @@ def embed_clips(
                 next_log += 500
         if buffered:
             run_encoder(buffered)
+        while pending:
+            collect()
         flush()
     stats.wall_s = time.perf_counter() - t_start
     stats.peak_mib = mem.peak_mib
