@@ -103,6 +103,7 @@ def test_bad_files_are_named(tmp_path, name, make, message):
     assert name in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_all_esc10_clips_decode(esc10_root):
     from sp4sc.data.index import load_index

@@ -11,6 +11,7 @@ from sp4sc.cli import main
 from sp4sc.data.toy import ensure_toy_dataset
 
 
+@pytest.mark.shared
 def test_summary_json_on_real_metadata(tau_meta_root, capsys):
     assert main(["data", "summary", "--dataset", "tau2020", "--root", str(tau_meta_root),
                  "--skip-audio-check", "--json"]) == 0
@@ -25,6 +26,7 @@ def test_summary_json_on_real_metadata(tau_meta_root, capsys):
     assert sum(train["by_scene"].values()) == 13962 and sum(train["by_city"].values()) == 13962
 
 
+@pytest.mark.shared
 def test_summary_table_and_missing_audio(tau_meta_root, capsys):
     assert main(["data", "summary", "--dataset", "tau2020", "--root", str(tau_meta_root), "--skip-audio-check"]) == 0
     out = capsys.readouterr().out
@@ -34,6 +36,7 @@ def test_summary_table_and_missing_audio(tau_meta_root, capsys):
     assert err.startswith("error: ") and "23035 listed audio files are missing" in err and err.count("\n") == 1
 
 
+@pytest.mark.shared
 def test_summary_esc10(esc10_root, capsys):
     assert main(["data", "summary", "--dataset", "esc", "--root", str(esc10_root), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -32,6 +32,7 @@ def test_preset_shapes(name, shape):
     assert (cfg.n_frames, cfg.n_mels) == shape
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("name", ["sp4asc", "panns"])
 def test_parity_with_librosa_on_esc10(esc10_root, name):
     from sp4sc.audio import load_audio

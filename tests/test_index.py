@@ -16,6 +16,7 @@ META_HEADER = "filename\tscene_label\tidentifier\tsource_label\n"
 # ------------------------------------------------------------------ real metadata
 
 
+@pytest.mark.shared
 def test_tau2020_real_metadata_counts(tau_meta_root):
     idx = load_index("tau2020", tau_meta_root, check_audio=False)
     assert idx.classes == SCENES
@@ -38,12 +39,14 @@ def test_tau2020_real_metadata_counts(tau_meta_root):
     assert s["total"] == 23035 and s["splits"]["train"]["by_device"]["a"] == 10215
 
 
+@pytest.mark.shared
 def test_tau2020_missing_audio_is_one_error(tau_meta_root):
     with pytest.raises(Sp4scError, match="23035 listed audio files are missing") as err:
         load_index("tau2020", tau_meta_root)
     assert "audio/airport-lisbon-1000-40000-a.wav" in str(err.value) and "..." in str(err.value)
 
 
+@pytest.mark.shared
 def test_esc10_folds(esc10_root):
     idx = load_index("esc", esc10_root)
     assert len(idx.all_clips()) == 400
