@@ -245,11 +245,25 @@ class SceneClassifier(pl.LightningModule):
         torch.manual_seed((_seed() * 1_000_003 + self.current_epoch) * 64 + self.global_rank)
         # A shuffle drawn from a generator owned by the loader continues from wherever the previous
         # epoch left it, which a resumed run cannot know: restart it from (seed, epoch) instead.
-        # (Single-process loading draws the permutation at the first batch, after this hook.)
+        # With single-process loading the permutation is drawn lazily at the first batch, after
+        # this hook; creating the loader iterator draws one number from the same generator (torch's
+        # worker base seed), which happens after this hook in later epochs but before it in the
+        # first epoch a process runs (fresh start or resume): burn that draw here to line them up.
         loader = self.trainer.train_dataloader if self._trainer is not None else None
         generator = getattr(getattr(loader, "sampler", None), "generator", None)
         if isinstance(generator, torch.Generator):
             generator.manual_seed(_seed() * 1_000_003 + self.current_epoch)
+            if self._first_train_epoch:
+                torch.empty((), dtype=torch.int64).random_(generator=generator)
+        self._first_train_epoch = False
+
+    def on_train_start(self) -> None:
+        self._first_train_epoch = True
+
+    def on_train_epoch_end(self) -> None:
+        opt = self.optimizers()
+        if not isinstance(opt, list):
+            self.log("train/lr", float(opt.param_groups[0]["lr"]))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, y = batch["x"], batch["y"]  # (batch, 1, frames, mels), (batch,)
