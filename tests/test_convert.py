@@ -34,9 +34,9 @@ def esc10_waves() -> torch.Tensor:
     """Three real ESC-10 clips (44.1 kHz, like TAU), padded/cropped to 5 s, as SP4ASC would read them."""
     import soundfile as sf
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "esc10" / "audio"
-    if not root.exists():
-        pytest.skip(f"{root} is absent: this test needs the shared real data beside the checkout")
+    from conftest import shared_path  # module-scoped, so the function-scoped esc10_root fixture cannot be used
+
+    root = shared_path("data", "esc10", "audio")
     cfg = frontend_preset("sp4asc", duration=5.0)
     waves = []
     for path in sorted(root.glob("*.ogg"))[::50][:3]:
@@ -175,9 +175,9 @@ def test_bad_checkpoints_are_one_line_errors(sp4asc_weights, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and "code ran" not in err, (name, err)
         assert not (tmp_path / f"{name}.pt").exists()
+    out = tmp_path / "ok.pt"
+    assert main(["convert-sp4asc", str(_checkpoints(sp4asc_weights)[0]), str(out)]) == 0
     with pytest.raises(Sp4scError, match="already an sp4sc model file"):
-        out = tmp_path / "ok.pt"
-        assert main(["convert-sp4asc", str(_checkpoints(sp4asc_weights)[0]), str(out)]) == 0
         read_sp4asc(out)
     trunc = tmp_path / "trunc.pth"
     buf = io.BytesIO()
