@@ -51,7 +51,7 @@ import numpy as np
 
 from sp4sc.errors import Sp4scError
 from sp4sc.features import FrontEndConfig
-from sp4sc.fileio import write_json
+from sp4sc.fileio import _explain_oserror, write_json
 from sp4sc.log import logger
 
 FORMAT = 1
@@ -231,7 +231,10 @@ def build_cache(
             old = {}
         if old.get("format") == FORMAT and old.get("signature") == sig and (folder / old.get("array", "")).exists():
             return FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only or full disk: one line, not a traceback
+        raise _explain_oserror(folder, exc) from exc
     shape = (len(paths), cfg.n_frames, cfg.n_mels)
     partial = folder / f"features-{sig}.partial.npy"
     progress_path = folder / "progress.json"
@@ -254,7 +257,12 @@ def build_cache(
     else:
         for stale in folder.glob("features-*.partial.npy"):
             stale.unlink()
-        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+        try:
+            arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+            _reserve(partial)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise _explain_oserror(folder, exc) from exc
         _copy_rows(arr, paths, reuse)  # unchanged clips, one row at a time (no big reads)
         arr.flush()
         write_json(progress_path, {"signature": sig, "chunk_size": chunk_size, "todo": _hash(todo), "done_chunks": 0})
@@ -303,6 +311,16 @@ def build_cache(
         if old_arr.name != final.name and not old_arr.name.endswith(".partial.npy"):
             old_arr.unlink(missing_ok=True)
     return FeatureCache(folder)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) memory-mapped file now: a full disk is then an ENOSPC
+    error here instead of a SIGBUS when a page of the map is first written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def _copy_rows(arr: np.ndarray, paths: list[str], reuse: dict[str, tuple[Path, int]]) -> None:
