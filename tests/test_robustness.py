@@ -920,7 +920,8 @@ def _cache_kill_api(ctx: Ctx) -> None:
     toy = ctx.fx("toy_root")
     cache_dir = ctx.tmp / "cache"
     code = (
-        "import sys; from sp4sc.data.cache import build_cache; from sp4sc.features import frontend_preset; "
+        "import sys; from sp4sc import log; log.setup(); from sp4sc.data.cache import build_cache; "
+        "from sp4sc.features import frontend_preset; "
         "from sp4sc.data.index import load_index; "
         f"toy={str(toy)!r}; paths=[c.path for c in load_index('tau2020', toy).all_clips()]; "
         f"build_cache(toy, paths, frontend_preset({FRONTEND!r}, duration={DURATION}), {str(cache_dir)!r}, "
@@ -1088,8 +1089,9 @@ def _out_dir(ctx: Ctx, mode: str) -> Path:
 
 
 def _nothing_left(d: Path) -> None:
+    """No file (hidden or not) under ``d``; empty folders the command created on the way are no output."""
     if d.exists():
-        left = [p for p in d.rglob("*")]
+        left = [p for p in d.rglob("*") if not p.is_dir()]
         assert not left, f"partial outputs left behind: {left}"
 
 
@@ -1109,8 +1111,10 @@ def _disk_case(command: str, mode: str) -> Callable[[Ctx], None]:
         elif command == "cache":
             target = d / "cache"
             recipe = _recipe(ctx, root=ctx.fx("toy_root"), cache_dir=target)
-            # a subprocess: a memory-mapped write on a full disk is a SIGBUS, which would take pytest down
-            res = run_proc(sp4sc_argv("cache", "--config", recipe))
+            if mode == "full":  # a subprocess: a memory-mapped write on a full disk can SIGBUS, taking pytest down
+                res = run_proc(sp4sc_argv("cache", "--config", recipe))
+            else:
+                res = ctx.cli("cache", "--config", recipe)
         elif command == "fit":
             target = d / "run"
             recipe = _recipe(ctx, root=ctx.fx("toy_root"), run_dir=target, cache_dir=ctx.tmp / "cache")
