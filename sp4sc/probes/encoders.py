@@ -334,6 +334,7 @@ class BeatsEncoder(EncoderBundle):
     """
 
     name = "beats"
+    ignored_cfg_keys: list[str] = []
     sample_rate = 16000
     dim = 768
     max_window_s = None
@@ -382,10 +383,15 @@ class BeatsEncoder(EncoderBundle):
             return None
         if not isinstance(cfg, dict) or not all(isinstance(k, str) for k in cfg):
             raise Sp4scError(f"{path}: 'cfg' entry is not a dict of settings; is it a BEATs checkpoint?")
+        # Keys BEATs does not know would be ignored by its config class; we drop them
+        # with a warning rather than refuse the file (published cfgs may carry training-only keys).
         unknown = sorted(set(cfg) - set(_beats_config_keys()))
+        self.ignored_cfg_keys = unknown
         if unknown:
-            raise Sp4scError(f"{path}: unknown BEATs cfg keys {unknown[:4]}; is it a BEATs checkpoint?")
-        return cfg
+            from sp4sc.log import logger
+
+            logger.warning(f"{path}: ignoring cfg keys BEATs does not use: {', '.join(unknown[:6])}")
+        return {k: v for k, v in cfg.items() if k not in unknown}
 
 
 def _float32_preprocess(preprocess: Callable) -> Callable:
