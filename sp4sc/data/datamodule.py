@@ -219,7 +219,7 @@ class SceneDataModule(pl.LightningDataModule):
         idx = self.index()
         paths = self.needed_paths()
         if self.check_audio:
-            check_files_exist(idx.root, [Clip(p) for p in paths])
+            check_files_exist(idx.root, [Clip(p) for p in paths], hint="check --data.root (the folder holding the metadata)")
         return build_cache(idx.root, paths, self._cfg, self.cache_dir, workers=self.cache_workers, progress=self.progress)
 
     @property

@@ -185,14 +185,14 @@ def _check_scene(path: Path, lineno: int, scene: str) -> int:
         ) from None
 
 
-def check_files_exist(root: Path, clips: Iterable[Clip]) -> None:
+def check_files_exist(root: Path, clips: Iterable[Clip], hint: str = "check the root or pass --skip-audio-check") -> None:
     """One error listing how many listed files are missing under ``root`` and the first few names."""
     missing = [c.path for c in clips if not os.path.isfile(os.path.join(root, c.path))]
     if missing:
         shown = ", ".join(missing[:MISSING_SHOWN]) + (", ..." if len(missing) > MISSING_SHOWN else "")
         raise Sp4scError(
             f"{root}: {len(missing)} listed audio file{'s are' if len(missing) > 1 else ' is'} missing on disk "
-            f"({shown}); check the root or pass --skip-audio-check"
+            f"({shown}); {hint}"
         )
 
 
