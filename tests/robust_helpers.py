@@ -240,14 +240,14 @@ def _capped(mode: str, extra: int, args: list[str]) -> int:
         from sp4sc.data.datamodule import SceneDataModule
 
         root, cache_dir = args[0], args[1]
-        dm = SceneDataModule(dataset="tau2020", root=root, frontend=args[2], duration=float(args[3]), batch_size=4,
+        dm = SceneDataModule(dataset="tau2020", root=root, frontend=args[2], duration=float(args[3]), batch_size=2,
                              num_workers=0, cache_dir=cache_dir, progress=False, cache_workers=0)
         dm.setup("fit")
         loader = dm.train_dataloader()
         it = iter(loader)
         next(it)  # first batch before the cap (allocator warm-up)
         _cap(extra)
-        n = 4
+        n = 2
         for batch in it:
             n += batch["x"].shape[0]
         print(f"READ {n}")
