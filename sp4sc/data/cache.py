@@ -394,8 +394,13 @@ def _compute_chunks(
     if dev.type == "cpu":
         if n_workers == 0:
             _worker_init(str(root), cfg.to_dict(), in_worker=False)
-            for chunk in chunks:
-                yield chunk, np.stack([_worker_features(paths[i]) for i in chunk])
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # one clip at a time gains little from threads, and they spin on a busy machine
+            try:
+                for chunk in chunks:
+                    yield chunk, np.stack([_worker_features(paths[i]) for i in chunk])
+            finally:
+                torch.set_num_threads(threads)
             return
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("fork" if "fork" in methods else "spawn")
