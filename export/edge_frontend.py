@@ -128,51 +128,63 @@ class EdgeFrontEnd:
         pad = self.n_fft // 2
         if wav.shape[-1] <= pad:
             raise EdgeError(f"waveform of {wav.shape[-1]} samples is too short for n_fft {self.n_fft}")
-        out = []
-        for x in wav.astype(np.float64):  # one clip at a time keeps memory flat
-            x = np.pad(x, pad, mode="reflect")
+        out = np.empty((wav.shape[0], self.n_frames(wav.shape[-1]), self.n_mels), dtype=np.float32)
+        for i, x in enumerate(wav):  # one clip at a time keeps memory flat
+            x = np.pad(x.astype(np.float64), pad, mode="reflect")
             frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop]  # (frames, n_fft)
-            spec = np.fft.rfft(frames * self.window, axis=-1)  # (frames, n_fft // 2 + 1)
-            power = spec.real**2 + spec.imag**2
-            mel = self._mel(power)  # (frames, mels)
-            out.append(10.0 * np.log10(np.maximum(mel, self.amin)))
-        return np.stack(out).astype(np.float32)  # (batch, frames, mels)
+            spec = np.fft.rfft(frames * self.window, axis=-1)  # (frames, n_fft // 2 + 1), float64 FFT
+            power = np.square(spec.real)
+            power += np.square(spec.imag)
+            mel = self._mel(power).astype(np.float32)  # (frames, mels)
+            np.maximum(mel, np.float32(self.amin), out=mel)
+            np.log10(mel, out=mel)
+            np.multiply(mel, np.float32(10.0), out=out[i])
+        return out  # (batch, frames, mels)
 
 
 class _SparseMel:
     """``power @ fb`` using the filters' sparsity (each FFT bin feeds at most two filters).
 
-    Even-numbered filters have disjoint supports, and so do odd-numbered ones, so
-    each half is a gather and a segment sum (``np.add.reduceat``): about 2 x bins
-    products per frame instead of bins x mels. Falls back to the dense product when
-    the filters do not have that shape (an empty or non-contiguous filter).
+    Even-numbered filters have disjoint, ordered supports, and so do odd-numbered
+    ones. For each parity, one weight per FFT bin (zero between supports) turns the
+    product into an element-wise multiply of a contiguous slice and a segment sum
+    (``np.add.reduceat``): about 2 x bins products per frame instead of bins x mels.
+    Falls back to the dense product when the filters do not have that shape.
     """
 
     def __init__(self, fb: np.ndarray):
         self.fb = fb  # (bins, mels)
-        self.parts = []
+        self.parts: list | None = []
         n_mels = fb.shape[1]
         for parity in (0, 1):
-            cols, weights, starts, mels = [], [], [], []
-            for m in range(parity, n_mels, 2):
+            mels = list(range(parity, n_mels, 2))
+            if not mels:
+                continue
+            spans = []
+            for m in mels:
                 nz = np.flatnonzero(fb[:, m])
                 if nz.size == 0 or nz[-1] - nz[0] + 1 != nz.size:
                     self.parts = None
                     return
-                starts.append(len(cols))
-                cols.extend(nz.tolist())
-                weights.append(fb[nz, m])
-                mels.append(m)
-            if mels:
-                self.parts.append((np.array(cols), np.concatenate(weights), np.array(starts), np.array(mels)))
+                spans.append((int(nz[0]), int(nz[-1]) + 1))
+            if any(spans[i][1] > spans[i + 1][0] for i in range(len(spans) - 1)):
+                self.parts = None  # overlapping supports: not the triangular layout
+                return
+            lo, hi = spans[0][0], spans[-1][1]
+            weights = np.zeros(hi - lo)
+            for m, (a, b) in zip(mels, spans):
+                weights[a - lo : b - lo] = fb[a:b, m]
+            # segment i runs from the start of filter i's support to the start of the next one
+            starts = np.array([a - lo for a, _ in spans])
+            self.parts.append((lo, hi, weights, starts, np.array(mels)))
 
     def __call__(self, power: np.ndarray) -> np.ndarray:
         # (frames, bins) -> (frames, mels)
         if self.parts is None:
             return power @ self.fb
         out = np.empty((power.shape[0], self.fb.shape[1]), dtype=power.dtype)
-        for cols, weights, starts, mels in self.parts:
-            out[:, mels] = np.add.reduceat(power[:, cols] * weights, starts, axis=1)
+        for lo, hi, weights, starts, mels in self.parts:
+            out[:, mels] = np.add.reduceat(power[:, lo:hi] * weights, starts, axis=1)
         return out
 
 
