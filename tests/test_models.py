@@ -124,7 +124,7 @@ def test_bad_input_is_a_one_line_error():
         create_model("sp4sc", n_mels=256).__class__(channels=())
 
 
-def _fast_vs_plain(name: str, train: bool, folded: bool = False, frames: int = 37, mels: int = 64):
+def _fast_vs_plain(name: str, train: bool, folded: bool = False, frames: int = 35, mels: int = 32):
     torch.manual_seed(1)
     plain = create_model(name, n_mels=mels, folded=folded).double()
     _randomise_bn(plain)
