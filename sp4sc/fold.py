@@ -36,6 +36,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     Returns:
         The folded copy, with no BatchNorm left; its ``arch_kwargs["folded"]`` is True,
         so ``create_model(m.arch_name, **m.arch_kwargs)`` builds the same structure.
+        The SP4SC training fast path is switched off in the copy (same function, plain form).
     """
     if is_folded(model):
         folded = copy.deepcopy(model).eval()
@@ -46,6 +47,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     if hasattr(folded, "arch_kwargs"):
         folded.arch_kwargs = dict(folded.arch_kwargs)
     folded.eval()
+    if callable(getattr(folded, "set_fast", None)):
+        folded.set_fast(False)  # deploy the plain form: fewer MACs than the 5x5 training restatement
     folded.fuse()
     left = [name for name, m in folded.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:

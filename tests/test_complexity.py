@@ -96,6 +96,15 @@ def test_macs_match_the_layer_shapes(name, seconds):
             check_budget(r, max_macs_per_s=30_000_000)
 
 
+def test_fast_path_model_is_counted_in_its_plain_form():
+    cfg = frontend_preset("sp4asc")
+    plain = complexity_report(create_model("sp4sc_d3"), cfg, duration=1.0)
+    fast = complexity_report(create_model("sp4sc_d3", fast=True), cfg, duration=1.0)
+    assert fast["model_kwargs"]["fast"] is False
+    assert (fast["params"], fast["macs_thop"], fast["macs_torchinfo"]) == (
+        plain["params"], plain["macs_thop"], plain["macs_torchinfo"])
+
+
 def test_report_rejects_mismatched_front_end():
     with pytest.raises(Sp4scError, match="256 mel bins"):
         complexity_report(create_model("sp4sc"), frontend_preset("panns"), count_macs=False)
