@@ -138,11 +138,11 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError("--frontend: only with --model (a checkpoint or recipe names its own front end)")
     if args.duration is not None and not args.duration > 0:
         raise Sp4scError(f"--duration: must be positive, got {args.duration}")
+    if args.max_macs is not None and args.no_macs:
+        raise Sp4scError("--max-macs: needs the MAC count; drop --no-macs")
     model, cfg = _resolve(args)
     report = complexity_report(model, cfg, duration=args.duration, count_macs=not args.no_macs)
     limits = {"max_params": args.max_params, "max_bytes": args.max_bytes, "max_macs_per_s": args.max_macs}
-    if args.max_macs is not None and args.no_macs:
-        raise Sp4scError("--max-macs: needs the MAC count; drop --no-macs")
     error: BudgetExceeded | None = None
     if args.no_budget:
         report["budget"] = {"checked": False, "limits": limits}
