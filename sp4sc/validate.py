@@ -170,7 +170,16 @@ def eval_file_names(eval_root: str | os.PathLike) -> list[str]:
         index = load_index("tau2021eval", eval_root, check_audio=False)
     except Sp4scError as exc:
         raise Sp4scError(f"--eval-root: {exc}") from exc
-    return [c.path.replace("\\", "/").rsplit("/", 1)[-1] for c in index.split("test")]
+    names: list[str] = []
+    first: dict[str, str] = {}
+    for c in index.split("test"):
+        bare = c.path.replace("\\", "/").rsplit("/", 1)[-1]
+        if bare in first:  # two folders with the same file name: the output (bare names) cannot tell them apart
+            raise Sp4scError(f"{Path(eval_root) / 'evaluation_setup' / 'fold1_test.csv'}: duplicate file name {bare!r} "
+                             f"({first[bare]} and {c.path}); the output lists bare names, so they must be unique")
+        first[bare] = c.path
+        names.append(bare)
+    return names
 
 
 # ----------------------------------------------------------------------------- output csv
