@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (default: all cores)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     parser.add_argument("--skip-torch-unfolded", action="store_true", help="skip the (slow) unfolded eager model")
+    parser.add_argument("--agreement", metavar="CKPT", default=None,
+                        help="instead of timing: export CKPT (fp32/fp16/int8) and report how far the fp16 and int8 "
+                             "models' probabilities move from the torch model's on --files (real audio)")
+    parser.add_argument("--files", nargs="*", default=[], help="audio files for --agreement")
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -193,8 +197,68 @@ def _load(v) -> str:
     return "n/a" if v is None else "/".join(f"{x:.2f}" for x in v)
 
 
+def variant_agreement(ckpt: str, files: list[str], batch_size: int = 16) -> dict[str, Any]:
+    """Probabilities of the exported fp32/fp16/int8 models vs the torch model on real audio files.
+
+    Top-1 agreement with the torch model and max / mean absolute probability
+    differences; with labelled files this is the accuracy change's upper bound
+    (a changed top-1 can only move accuracy by that fraction).
+    """
+    import tempfile
+
+    import torch
+
+    from sp4sc.audio import load_audio
+    from sp4sc.checkpoint import load_model
+    from sp4sc.features import LogMel
+    from sp4sc.onnx_export import FILES, export_onnx, ort_session
+
+    loaded = load_model(ckpt)
+    cfg = loaded.frontend
+    logmel = LogMel(cfg).eval()
+    feats, ref = [], []
+    for i in range(0, len(files), batch_size):
+        wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in files[i : i + batch_size]])
+        with torch.no_grad():
+            x = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
+            ref.append(torch.softmax(loaded.model(x).double(), -1).numpy())
+        feats.append(x.numpy())
+    x_all, ref_all = np.concatenate(feats), np.concatenate(ref)
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "files": len(files), "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(loaded, Path(tmp) / "exp", fp16=True, int8=True, no_budget=True)
+        for key in ("fp32", "fp16", "int8"):
+            sess = ort_session(Path(tmp) / "exp" / FILES[key])
+            p = np.concatenate([sess.run(["probs"], {"logmel": x_all[i : i + batch_size]})[0]
+                                for i in range(0, len(x_all), batch_size)])
+            out["variants"][key] = {
+                "top1_agreement": float(np.mean(p.argmax(1) == ref_all.argmax(1))),
+                "max_abs_prob": float(np.abs(p - ref_all).max()),
+                "mean_abs_prob": float(np.abs(p - ref_all).mean()),
+            }
+    out["mean_top_prob"] = float(ref_all.max(1).mean())
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from sp4sc.errors import Sp4scError
+
+    if args.agreement:
+        if not args.files:
+            raise Sp4scError("--agreement: give the audio files with --files FILE...")
+        res = variant_agreement(args.agreement, list(args.files))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            from sp4sc.benchmarks.machine import line
+
+            print(f"{res['checkpoint']}: exported variants vs the torch model on {res['files']} files "
+                  f"(mean top probability {res['mean_top_prob']:.3f})")
+            for k, v in res["variants"].items():
+                print(f"  {k:<5} top-1 agreement {v['top1_agreement']:.3f}, max |dprob| {v['max_abs_prob']:.2e}, "
+                      f"mean |dprob| {v['mean_abs_prob']:.2e}")
+            print(line())
+        return 0
 
     if args.repeats < 1:
         raise Sp4scError(f"--repeats: must be at least 1, got {args.repeats}")
