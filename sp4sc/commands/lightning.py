@@ -23,6 +23,7 @@ What this wrapper adds to plain LightningCLI:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -110,6 +111,10 @@ def _cli_class():
 
         def instantiate_trainer(self, **kwargs: Any):
             trainer = super().instantiate_trainer(**kwargs)
+            from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+            if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+                trainer.strategy.checkpoint_io = _atomic_checkpoint_io()
             root = Path(trainer.default_root_dir)
             for cb in trainer.callbacks:
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
@@ -117,6 +122,32 @@ def _cli_class():
             return trainer
 
     return Sp4scCLI
+
+
+def _atomic_checkpoint_io():
+    """Checkpoint IO writing each file beside its final name, then renaming it (:mod:`sp4sc.fileio`).
+
+    Lightning's own writes to the system temporary folder and moves the file into place, which is
+    a copy when that folder is on another file system: a kill or a full disk can then leave a
+    truncated checkpoint under its final name. Here disk errors are one-line Sp4scErrors too.
+    """
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            if storage_options is not None or "://" in str(path):
+                return super().save_checkpoint(checkpoint, path, storage_options)
+            import io
+
+            import torch
+
+            from sp4sc.fileio import write_bytes
+
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            write_bytes(path, buf.getvalue())
+
+    return AtomicCheckpointIO()
 
 
 def _first_line(msg: str) -> str:
@@ -150,6 +181,12 @@ def _make_cli(args: list[str], command: str | None):
         )
     except ArgumentError as exc:
         raise Sp4scError(f"sp4sc {command or 'recipe'}: {_one_line_usage_error(str(exc))}") from exc
+    except OSError as exc:  # a full disk or a read-only output folder met inside Lightning
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+            raise
+        from sp4sc.fileio import _explain_oserror
+
+        raise _explain_oserror(Path(exc.filename2 or exc.filename or "."), exc) from exc
 
 
 def main(command: str, argv: list[str]) -> int:
