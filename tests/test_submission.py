@@ -260,7 +260,11 @@ def test_invalid_package_is_not_kept(tmp_path, small_eval, ckpt, template, monke
 
 
 @pytest.mark.slow
-def test_over_budget_refused_unless_no_budget(tmp_path, small_eval, template, capsys):
+def test_over_budget_refused_unless_no_budget(tmp_path, small_eval, template, capsys, monkeypatch):
+    import sp4sc.submission as submission
+
+    exported = []
+    monkeypatch.setattr(submission, "_export", lambda loaded, pkg, **k: exported.append(k))  # export's own tests cover it
     big = tiny_model_file(tmp_path / "big.pt", name="sp4sc_w96")
     out = tmp_path / "subs"
     argv = ["submit", "--ckpt", str(big), "--eval-root", str(small_eval), "--label", LABEL, "--out", str(out),
@@ -270,6 +274,7 @@ def test_over_budget_refused_unless_no_budget(tmp_path, small_eval, template, ca
     assert len(err) == 1 and err[0].startswith("error:")
     assert not (out / LABEL).exists()
     assert main(argv + ["--no-budget"]) == 0
+    assert exported == [{"no_budget": True, "fp16": True}]  # the export is told too
     stdout = capsys.readouterr().out
     assert "WARNING" in stdout and "--no-budget" in stdout
     meta = yaml.safe_load((out / LABEL / f"{LABEL}.meta.yaml").read_text())
@@ -315,6 +320,3 @@ def test_demo_step_writes_a_valid_toy_package(tmp_path, toy, ckpt, monkeypatch):
     assert [w.rsplit("[", 1)[1] for w in res.warnings] == ["results-partial]"]  # toy: devices a, b, c only
     assert res.results is not None
     assert "written and validated" in lines[0]
-    again = submission.demo_step(ckpt, toy, tmp_path / "submissions", echo=lines.append)  # reruns replace it
-    assert (again.path / f"{submission.DEMO_LABEL}.output.csv").read_bytes() == \
-        (res.path / f"{submission.DEMO_LABEL}.output.csv").read_bytes()
