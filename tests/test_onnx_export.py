@@ -229,7 +229,7 @@ def test_fp16_and_int8_on_real_esc10_with_sp4asc_weights(sp4asc_weights, esc10_r
     loaded.frontend = loaded.frontend.replace(duration=5.0)
     cfg = loaded.frontend
     out = tmp_path / "exp"
-    onnx_export.export_onnx(loaded, out, fp16=True, int8=True, parity_shapes=[(1, cfg.n_frames), (2, 100), (3, 64)])
+    onnx_export.export_onnx(loaded, out, fp16=True, int8=True, parity_shapes=[(1, 64), (2, 48), (3, 32)])
     files = sorted((esc10_root / "audio").glob("*.ogg"))[::25][:16]
     wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in files])
     with torch.no_grad():
