@@ -28,7 +28,7 @@ import edge_frontend  # noqa: E402
 import edge_infer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_onnx_export import SHAPES, TINY, make_model_file  # noqa: E402
+from test_onnx_export import SHAPES, make_model_file  # noqa: E402
 
 # Runs export/edge_infer.py with torch, sp4sc and librosa made unimportable.
 NO_TORCH = r"""
