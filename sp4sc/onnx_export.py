@@ -461,7 +461,9 @@ def export_onnx(
     if out_dir.exists() and not overwrite:
         raise Sp4scError(f"{out_dir} already exists; pass --force to replace it")
     cfg = loaded.frontend
-    classes = list(loaded.classes)
+    classes = [str(c) for c in loaded.classes]
+    if not classes:
+        raise Sp4scError(f"{out_dir}: the model file lists no class names; save it with model_spec(..., classes)")
     folded = fold_batchnorm(loaded.model).float().eval()
 
     # complexity and budget
