@@ -121,6 +121,20 @@ class EdgeFrontEnd:
     def n_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop
 
+    def _buffers(self, n_frames: int) -> dict[str, np.ndarray]:
+        """Work arrays for ``n_frames`` frames, kept between calls (fresh pages cost more than the maths)."""
+        cached = getattr(self, "_buf", None)
+        if cached is None or cached["frames"].shape[0] != n_frames:
+            bins = self.n_fft // 2 + 1
+            cached = {
+                "frames": np.empty((n_frames, self.n_fft)),
+                "spec": np.empty((n_frames, bins), dtype=np.complex128),
+                "power": np.empty((n_frames, bins)),
+                "tmp": np.empty((n_frames, bins)),
+            }
+            self._buf = cached
+        return cached
+
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim == 1:
@@ -128,14 +142,17 @@ class EdgeFrontEnd:
         pad = self.n_fft // 2
         if wav.shape[-1] <= pad:
             raise EdgeError(f"waveform of {wav.shape[-1]} samples is too short for n_fft {self.n_fft}")
-        out = np.empty((wav.shape[0], self.n_frames(wav.shape[-1]), self.n_mels), dtype=np.float32)
-        for i, x in enumerate(wav):  # one clip at a time keeps memory flat
+        n_frames = self.n_frames(wav.shape[-1])
+        out = np.empty((wav.shape[0], n_frames, self.n_mels), dtype=np.float32)
+        buf = self._buffers(n_frames)
+        for i, x in enumerate(wav):  # one clip at a time keeps memory flat; buffers are reused
             x = np.pad(x.astype(np.float64), pad, mode="reflect")
             frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop]  # (frames, n_fft)
-            spec = np.fft.rfft(frames * self.window, axis=-1)  # (frames, n_fft // 2 + 1), float64 FFT
-            power = np.square(spec.real)
-            power += np.square(spec.imag)
-            mel = self._mel(power).astype(np.float32)  # (frames, mels)
+            np.multiply(frames, self.window, out=buf["frames"])
+            spec = np.fft.rfft(buf["frames"], axis=-1, out=buf["spec"])  # (frames, n_fft // 2 + 1), float64 FFT
+            power = np.square(spec.real, out=buf["power"])
+            power += np.square(spec.imag, out=buf["tmp"])
+            mel = self._mel(power, buf).astype(np.float32)  # (frames, mels)
             np.maximum(mel, np.float32(self.amin), out=mel)
             np.log10(mel, out=mel)
             np.multiply(mel, np.float32(10.0), out=out[i])
@@ -178,13 +195,14 @@ class _SparseMel:
             starts = np.array([a - lo for a, _ in spans])
             self.parts.append((lo, hi, weights, starts, np.array(mels)))
 
-    def __call__(self, power: np.ndarray) -> np.ndarray:
+    def __call__(self, power: np.ndarray, buf: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # (frames, bins) -> (frames, mels)
         if self.parts is None:
             return power @ self.fb
         out = np.empty((power.shape[0], self.fb.shape[1]), dtype=power.dtype)
         for lo, hi, weights, starts, mels in self.parts:
-            out[:, mels] = np.add.reduceat(power[:, lo:hi] * weights, starts, axis=1)
+            tmp = buf["tmp"][:, : hi - lo] if buf is not None else None
+            out[:, mels] = np.add.reduceat(np.multiply(power[:, lo:hi], weights, out=tmp), starts, axis=1)
         return out
 
 
