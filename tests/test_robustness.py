@@ -861,7 +861,7 @@ def _export_kill(ctx: Ctx) -> None:
     assert res.rc == -9, f"the kill hook did not fire (rc {res.rc}): {res.err[-1500:]}"
     assert not out.exists(), "a killed export left its folder visible as complete"
     _no_hidden_garbage_published(out.parent, "m")
-    again = run_proc(sp4sc_argv("export", "--ckpt", model, "--out", out, "--json"))
+    again = ctx.cli("export", "--ckpt", model, "--out", out, "--json")  # the rerun: in-process
     assert again.rc == 0, again.err[-2000:]
     ref = ctx.fx("export_dir")  # an uninterrupted export of the same model
     assert json.loads((out / "frontend.json").read_text()) == json.loads((ref / "frontend.json").read_text())
@@ -883,13 +883,13 @@ def _submit_kill(where: str) -> Callable[[Ctx], None]:
         assert res.rc == -9, f"the kill hook did not fire (rc {res.rc}): {res.err[-1500:]}"
         assert not target.exists(), "a killed submit left a package visible as complete"
         _no_hidden_garbage_published(out, LABEL)
-        again = run_proc(sp4sc_argv(*argv))
+        again = ctx.cli(*argv)  # the rerun: in-process
         assert again.rc == 0, again.err[-2000:]
         ref = ctx.fx("package")  # uninterrupted
         for suffix in (".output.csv",):
             assert (target / f"{LABEL}{suffix}").read_text() == (ref / f"{LABEL}{suffix}").read_text()
         assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in ref.iterdir())
-        v = run_proc(sp4sc_argv("validate-submission", target, "--eval-root", toy))
+        v = ctx.cli("validate-submission", target, "--eval-root", toy)
         assert v.rc == 0, v.out + v.err
 
     return check
@@ -960,7 +960,7 @@ def _cache_kill_cmd(hook: str) -> Callable[[Ctx], None]:
             res = _kill_run(["cache", "--config", recipe], "manifest.json")
         assert res.rc == -9, f"not killed (rc {res.rc}): {res.err[-1500:]}"
         assert not list(cache_dir.rglob("manifest.json"))
-        res2 = run_proc(sp4sc_argv("cache", "--config", recipe))
+        res2 = ctx.cli("cache", "--config", recipe)  # the rerun: in-process
         assert res2.rc == 0, res2.err[-2000:]
         from sp4sc.data.cache import FeatureCache
 
@@ -1247,7 +1247,7 @@ def _param(c: Case):
     marks = []
     if c.xfail:
         marks.append(pytest.mark.xfail(reason=c.xfail, strict=True))
-    if c.slow:
+    if c.slow or c.group in ("fault", "resource"):  # subprocesses: about 10-35 s each on 2 busy cores
         marks.append(pytest.mark.slow)
     return pytest.param(c, id=c.id, marks=marks)
 
