@@ -1038,6 +1038,33 @@ def _fit_kill(ctx: Ctx) -> None:
 row("fit", "fault", "sigkill-mid-epoch-resume", _fit_kill, slow=True)
 
 
+def _fit_kill_at_checkpoint(ctx: Ctx) -> None:
+    """Killed right before the first last.ckpt is renamed into place: no truncated checkpoint is visible,
+    and a --ckpt_path last rerun (nothing to resume: it starts over) ends with the uninterrupted weights."""
+    import torch
+
+    from sp4sc.checkpoint import read_checkpoint
+
+    toy = ctx.fx("toy_root")
+    ref = ctx.fx("reference_fit")
+    plain = _recipe(ctx, root=toy, max_epochs=2, name="plain.yaml", cache_dir=ctx.fx("base") / "fit_cache")
+    ckdir = ctx.tmp / "run" / "checkpoints"
+    res = _kill_run(["fit", "--config", plain], str(ckdir / "last.ckpt"))
+    assert res.rc == -9, f"not killed (rc {res.rc}): {res.err[-2000:]}"
+    visible = [p for p in ckdir.iterdir() if not p.name.startswith(".")]
+    assert "last.ckpt" not in [p.name for p in visible]
+    for p in visible:
+        read_checkpoint(p)
+    res2 = run_proc(sp4sc_argv("fit", "--config", plain, "--ckpt_path", "last"), timeout=400)
+    assert res2.rc == 0, res2.err[-3000:]
+    got, want = _backbone_state(ckdir / "epoch1.ckpt"), _backbone_state(ref.parent / "epoch1.ckpt")
+    for k in want:
+        assert torch.equal(got[k], want[k]), f"{k} differs from the uninterrupted run"
+
+
+row("fit", "fault", "sigkill-before-checkpoint-publish", _fit_kill_at_checkpoint, slow=True)
+
+
 # =============================================================================== faults: disk full, read-only
 
 
