@@ -108,7 +108,10 @@ def model_from_config(path: str | Path):
     frontend_name = data_sec.get("frontend") or model_entry(name).frontend
     overrides = {}
     if data_sec.get("duration") is not None:
-        overrides["duration"] = float(data_sec["duration"])
+        try:
+            overrides["duration"] = float(data_sec["duration"])
+        except (TypeError, ValueError):
+            raise Sp4scError(f"--config {path}: data.duration: {data_sec['duration']!r} is not a number of seconds") from None
     cfg = frontend_preset(str(frontend_name), **overrides)
     kwargs.setdefault("n_mels", cfg.n_mels)
     kwargs.setdefault("n_classes", len(SCENES))  # every dataset here has 10 classes (TAU scenes, ESC-10)
