@@ -207,7 +207,7 @@ def _run(ctx: Ctx, call: Call) -> Result:
 
 # ------------------------------------------------------------------------------- audio
 
-AUDIO_BAD = ("missing", "zero-byte", "truncated-header", "corrupt-header", "text-as-wav", "nan", "inf")
+AUDIO_BAD = ("missing", "zero-byte", "truncated-header", "corrupt-header", "text-as-wav", "nan", "inf", "folder")
 
 
 def make_bad_audio(kind: str, d: Path, name: str | None = None) -> Path:
@@ -220,6 +220,8 @@ def make_bad_audio(kind: str, d: Path, name: str | None = None) -> Path:
         pass
     elif kind == "zero-byte":
         p.write_bytes(b"")
+    elif kind == "folder":
+        p.mkdir()
     elif kind == "truncated-header":
         p.write_bytes(good[:30])  # cut inside the fmt chunk
     elif kind == "corrupt-header":
@@ -744,6 +746,10 @@ def _config_case(command: str, kind: str) -> Callable[[Ctx], Call]:
             r = _recipe(ctx, root=root)
             r.write_text(r.read_text().replace("  batch_size: 8", "  batch_size: eight"))
             names = ["batch_size"]
+        elif kind == "wrong-type-duration":
+            r = _recipe(ctx, root=root)
+            r.write_text(r.read_text().replace(f"  duration: {DURATION}", "  duration: ten seconds"))
+            names = ["duration"]
         elif kind == "missing-root":
             r = _recipe(ctx, root=ctx.tmp / "no" / "such" / "dataset")
             names = [str(ctx.tmp / "no" / "such" / "dataset")]
@@ -769,12 +775,12 @@ def _config_case(command: str, kind: str) -> Callable[[Ctx], Call]:
     return make
 
 
-for _kind in ("unknown-key", "unknown-data-key", "wrong-type", "missing-root", "missing-file", "not-yaml",
-              "unknown-backbone", "bad-backbone-kwarg"):
+for _kind in ("unknown-key", "unknown-data-key", "wrong-type", "wrong-type-duration", "missing-root", "missing-file",
+              "not-yaml", "unknown-backbone", "bad-backbone-kwarg"):
     bad("fit", "config", _kind, _config_case("fit", _kind), debug=_kind == "missing-root")
-for _kind in ("unknown-data-key", "wrong-type", "missing-root", "missing-file", "not-yaml"):
+for _kind in ("unknown-data-key", "wrong-type", "wrong-type-duration", "missing-root", "missing-file", "not-yaml"):
     bad("cache", "config", _kind, _config_case("cache", _kind))
-for _kind in ("missing-file", "not-yaml", "unknown-backbone", "bad-backbone-kwarg"):
+for _kind in ("missing-file", "not-yaml", "unknown-backbone", "bad-backbone-kwarg", "wrong-type-duration"):
     bad("complexity", "config", _kind, _config_case("complexity", _kind))
 
 
@@ -822,6 +828,8 @@ bad("probe", "args", "compare-missing", lambda ctx: Call(
     "cli", ["probe", "sweep", "--encoder", "passt", "--random-init", "--dataset", "tau2020", "--root",
             ctx.fx("toy_root"), "--compare", ctx.tmp / "gone.ckpt", "--dt", "1", "--out", ctx.tmp / "p", "--no-cache",
             "--device", "cpu"], ["gone.ckpt"]))
+bad("probe", "args", "bench-unknown-encoder", lambda ctx: Call(
+    "cli", ["probe", "bench", "--encoder", "wav2vec9", "--random-init"], ["--encoder", "wav2vec9"]))
 bad("complexity", "args", "unknown-model", lambda ctx: Call(
     "cli", ["complexity", "--model", "resnet9000"], ["resnet9000"]))
 bad("complexity", "args", "duration-zero", lambda ctx: Call(
