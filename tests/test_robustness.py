@@ -1156,7 +1156,7 @@ def _disk_case(command: str, mode: str) -> Callable[[Ctx], None]:
                 res = ctx.cli("cache", "--config", recipe)
         elif command == "fit":
             target = d / "run"
-            recipe = _recipe(ctx, root=ctx.fx("toy_root"), run_dir=target, cache_dir=ctx.tmp / "cache")
+            recipe = _recipe(ctx, root=ctx.fx("toy_root"), run_dir=target, cache_dir=ctx.fx("base") / "fit_cache")
             res = ctx.cli("fit", "--config", recipe)
         elif command == "probe":
             target = d / "probe"
