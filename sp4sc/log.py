@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 logger = logging.getLogger("sp4sc")
@@ -10,12 +11,28 @@ _said: set[str] = set()
 _lock = threading.Lock()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at emit time.
+
+    A plain StreamHandler keeps the stream it was made with; tests (and tools)
+    that swap ``sys.stderr`` would then write to a closed file.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup(debug: bool = False) -> None:
     """Send sp4sc's log records to stderr, one plain line each."""
     if logger.handlers:
         logger.setLevel(logging.DEBUG if debug else logging.INFO)
         return
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
