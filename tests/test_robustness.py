@@ -1081,6 +1081,8 @@ def tiny_fs(base):
     """Two tiny tmpfs mounts: ``full`` (32 KiB) and ``ro`` (read-only); None when mount is not allowed."""
     mounts = {}
     for name, opts in (("full", "size=32k"), ("ro", "size=1m")):
+        if os.environ.get("SP4SC_TEST_NO_MOUNT"):  # exercise the injected-error fallback
+            break
         d = base / f"fs_{name}"
         d.mkdir()
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True)
