@@ -29,14 +29,13 @@ class _StderrHandler(logging.StreamHandler):
 
 def setup(debug: bool = False) -> None:
     """Send sp4sc's log records to stderr, one plain line each."""
-    if logger.handlers:
-        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
         return
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
 
 
 def note_once(key: str, message: str, level: int = logging.INFO) -> None:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
@@ -46,11 +45,7 @@ def run_cli(argv: list[str], capsys) -> Result:
 
     capsys.readouterr()
     log.reset_notes()
-    log.setup(False)
-    for h in log.logger.handlers:  # the handler was bound to the stderr of an earlier test
-        fmt = getattr(h.formatter, "_fmt", None)
-        if type(h) is logging.StreamHandler and fmt == "%(levelname)s: %(message)s":  # sp4sc.log.setup's own
-            h.stream = sys.stderr  # (setStream would flush the old, closed capture)
+    log.setup(False)  # its handler writes to the current sys.stderr, i.e. capsys's
     rc = main([str(a) for a in argv])
     cap = capsys.readouterr()
     return Result(rc, cap.out, cap.err)
