@@ -65,9 +65,30 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def to_plain(obj):
+    """A JSON/YAML-safe copy of ``obj``.
+
+    Dict keys become strings, tuples lists, numpy/torch scalars and arrays plain
+    Python values (through ``tolist``); anything else unknown becomes its ``str``.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if hasattr(obj, "tolist"):  # numpy and torch scalars and arrays
+        return to_plain(obj.tolist())
+    return str(obj)
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` (made plain by :func:`to_plain`) as indented JSON to ``path`` atomically."""
+    write_text(path, json.dumps(to_plain(obj), indent=2, sort_keys=False) + "\n")
 
 
 @contextlib.contextmanager

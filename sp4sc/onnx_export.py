@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from sp4sc.errors import BudgetExceeded, Sp4scError
+from sp4sc.fileio import to_plain
 from sp4sc.log import logger
 
 OPSET = 17  # STFT needs >= 17; ONNX Runtime 1.18+ runs it on the CPU
@@ -580,7 +581,7 @@ def export_onnx(
         "outputs": {"logits": ["batch", len(classes)], "probs": ["batch", len(classes)]},
         "over_budget": over_budget,
     }
-    complexity_doc = {**_jsonable(report), "budget": budget, "over_budget": over_budget, "model": loaded.name,
+    complexity_doc = {**to_plain(report), "budget": budget, "over_budget": over_budget, "model": loaded.name,
                       "fingerprint": fingerprint}
     files = {k: FILES[k] for k in models}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -641,24 +642,8 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    path.write_text(json.dumps(to_plain(obj), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- `sp4sc demo` steps

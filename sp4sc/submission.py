@@ -41,6 +41,7 @@ import numpy as np
 
 from sp4sc.constants import DEVICES, SCENES
 from sp4sc.errors import BudgetExceeded, Sp4scError
+from sp4sc.fileio import to_plain
 from sp4sc.log import logger
 from sp4sc.validate import HEADER, META_SUFFIX, OUTPUT_SUFFIX, STRICT_SUM_TOL, label_problems, validate_submission
 
@@ -472,7 +473,7 @@ def make_submission(
     }
     for key in ("macs_thop", "macs_torchinfo", "input_shape"):
         if report.get(key) is not None:
-            provenance[key] = _jsonable(report[key])
+            provenance[key] = to_plain(report[key])
     meta = build_meta(
         tmpl,
         label=label,
@@ -490,7 +491,7 @@ def make_submission(
         if export:
             _export(loaded, tmp, no_budget=no_budget, fp16=precision == "fp16")
         if not (tmp / "complexity.json").exists():
-            write_json(tmp / "complexity.json", _jsonable(report))
+            write_json(tmp / "complexity.json", to_plain(report))
         check = validate_submission(tmp, eval_root=eval_root, label=label, sum_tol=STRICT_SUM_TOL)
         if not check.ok:
             shown = "; ".join(str(v).replace(str(tmp), str(target)) for v in check.violations[:3])
@@ -511,20 +512,6 @@ def _index(dataset: str, root, option: str):
         return load_index(dataset, root)
     except Sp4scError as exc:
         raise Sp4scError(f"{option}: {exc}") from exc
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 # ----------------------------------------------------------------------------- demo step
