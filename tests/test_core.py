@@ -69,6 +69,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_outputs_get_the_usual_modes(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fileio.write_text(tmp_path / "f.txt", "x")
+        with fileio.atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
 def test_atomic_dir_refuses_overwrite_and_cleans_up(tmp_path):
     target = tmp_path / "pkg"
     with fileio.atomic_dir(target) as d:
