@@ -1231,7 +1231,11 @@ def _read_cache_capped(ctx: Ctx) -> None:
 
 def _datamodule_capped(ctx: Ctx) -> None:
     cache = ctx.fx("big_cache")
-    cap = cache.array_path.stat().st_size // 3
+    size = cache.array_path.stat().st_size
+    # half the split: loading it whole (even as float16) cannot fit; a third left too little room for the
+    # loader's own batch buffers and failed now and then on allocator fragmentation
+    cap = size // 2
+    assert size > cap + 6e6
     toy = ctx.fx("toy_root")
     res = _capped("datamodule", cap, toy, cache.dir.parent.parent, FRONTEND, BIG_DURATION)
     assert res.rc == 0, res.err[-3000:]
