@@ -11,7 +11,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +27,45 @@ def _explain_oserror(path: Path, exc: OSError) -> Sp4scError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return Sp4scError(f"{path}: cannot write here ({exc.strerror}); choose a writable output folder")
     return Sp4scError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Prefix of the temporary names beside ``path``: host and pid say whose they are."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(path: Path) -> None:
+    """Remove temporaries beside ``path`` left by a killed process of this host.
+
+    A kill between creating a temporary and renaming it leaves a hidden
+    ``.<name>.<host>-<pid>.*.tmp``; it never looks complete, and the next write
+    of the same target removes it once its process is gone. Temporaries of live
+    processes, or of other hosts sharing the folder, are left alone.
+    """
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}-(\d+)\..*\.tmp$")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _umask() -> int:
@@ -50,7 +91,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        sweep_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
         os.close(fd)
     except OSError as exc:
@@ -120,7 +162,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise Sp4scError(f"{path} already exists; pass --force to replace it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        sweep_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a finished folder gets the usual mode
     except OSError as exc:
         raise _explain_oserror(path, exc) from exc

@@ -69,6 +69,29 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_leftovers_of_killed_writers_are_swept(tmp_path):
+    import socket
+
+    target = tmp_path / "pkg"
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale_dir = tmp_path / f".pkg.{host}-{dead.pid}.abc.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "half").write_text("x")
+    live = tmp_path / f".pkg.{host}-{os.getpid()}.def.tmp"  # a writer still running: kept
+    live.mkdir()
+    other_host = tmp_path / f".pkg.{host}x-{dead.pid}.ghi.tmp"  # another machine's: kept
+    other_host.mkdir()
+    with fileio.atomic_dir(target) as d:
+        (d / "a").write_text("1")
+    assert not stale_dir.exists() and live.exists() and other_host.exists()
+    stale_file = tmp_path / f".f.txt.{host}-{dead.pid}.zz.tmp"
+    stale_file.write_text("half")
+    fileio.write_text(tmp_path / "f.txt", "done")
+    assert not stale_file.exists()
+
+
 def test_atomic_outputs_get_the_usual_modes(tmp_path):
     old = os.umask(0o022)
     try:
