@@ -103,3 +103,85 @@ def time_freq_head_pool(x: torch.Tensor) -> torch.Tensor:
     x = torch.mean(x, dim=3)  # (batch, channels, frames)
     x_max, _ = torch.max(x, dim=2)  # (batch, channels)
     return x_max + torch.mean(x, dim=2)  # (batch, channels)
+
+
+class MelCNN(nn.Module):
+    """What CNN6 and SP4SC share: input normalisation over mel bins, a stack of blocks that halve
+    time and frequency, and the PANNs head (mean over frequency, max + mean over time, two
+    fully connected layers). Subclasses give the block type and the state-dict names.
+
+    Attributes:
+        block_prefix: blocks are named ``f"{block_prefix}{i + 1}"`` (the published key names).
+        head_name: name of the last fully connected layer (``fc_audioset`` in PANNs, ``fc2`` in SP4ASC).
+    """
+
+    block_prefix = "block"
+    head_name = "fc"
+
+    def _build_trunk(self, channels, n_classes: int, n_mels: int, dropout: float, folded: bool,
+                     arch_name: str, arch_kwargs: dict, make_block) -> int:
+        """Check the shape options, record the arch, build bn0, the blocks and the head; return the width."""
+        channels = [int(c) for c in channels]
+        if not channels or min(channels) <= 0:
+            raise Sp4scError(f"{arch_name}: channels must be positive integers, got {channels}")
+        if n_classes <= 0 or n_mels < 2 ** len(channels):
+            raise Sp4scError(f"{arch_name}: need n_classes > 0 and n_mels >= {2 ** len(channels)}")
+        self.arch_name = arch_name
+        self.arch_kwargs = dict(arch_kwargs)
+        self.n_mels = n_mels
+        self.n_classes = n_classes
+        self.bn0: nn.Module = MelAffine(n_mels) if folded else nn.BatchNorm2d(n_mels)
+        self.block_names: tuple[str, ...] = tuple(f"{self.block_prefix}{i + 1}" for i in range(len(channels)))
+        cin = 1
+        for name, cout in zip(self.block_names, channels):
+            self.add_module(name, make_block(cin, cout))
+            cin = cout
+        self.dropout1 = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(cin, cin)
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout2 = nn.Dropout(dropout)
+        self.add_module(self.head_name, nn.Linear(cin, n_classes))
+        return cin
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self.block_names]
+
+    @property
+    def min_frames(self) -> int:
+        return 2 ** len(self.block_names)
+
+    @property
+    def folded(self) -> bool:
+        return isinstance(self.bn0, MelAffine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.n_mels, self.min_frames, self.arch_name)
+        # (batch, 1, frames, mels)
+        x = apply_mel_norm(self.bn0, x)  # (batch, 1, frames, mels)
+        for block in self.blocks:
+            x = block(x)  # (batch, channels, frames / 2**i, mels / 2**i)
+        x = time_freq_head_pool(x)  # (batch, channels)
+        x = self.dropout1(x)
+        x = self.relu(self.fc1(x))  # (batch, channels)
+        x = self.dropout2(x)
+        return getattr(self, self.head_name)(x)  # (batch, n_classes)
+
+    def fuse(self):
+        """Fold every BatchNorm in place: input BN -> per-mel affine, block BNs -> conv bias."""
+        if self.folded:
+            raise Sp4scError(f"{self.arch_name}: model is already folded")
+        self.bn0 = MelAffine.from_batchnorm(self.bn0)
+        for block in self.blocks:
+            block.fuse()
+        self.arch_kwargs["folded"] = True
+        return self
+
+
+def build_variant(cls, name: str, channels: tuple[int, ...], kwargs: dict, defaults: dict):
+    """A registered variant: ``kwargs`` checked against ``defaults``' keys and cast to their types."""
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected options {unknown}; allowed: {sorted(defaults)}")
+    opts = {key: type(default)(kwargs.get(key, default)) for key, default in defaults.items()}
+    return cls(channels, **opts, arch_name=name, arch_kwargs=dict(opts))

@@ -19,14 +19,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import (
-    MelAffine,
-    apply_mel_norm,
-    bn_scale_shift,
-    check_input,
-    fold_conv_bias,
-    time_freq_head_pool,
-)
+from sp4sc.models._common import MelCNN, bn_scale_shift, build_variant, fold_conv_bias
 
 
 def _init_layer(layer: nn.Module) -> None:
@@ -74,7 +67,7 @@ class ConvBlock5x5(nn.Module):
         return self
 
 
-class CNN6(nn.Module):
+class CNN6(MelCNN):
     """PANNs CNN6 on log-mels.
 
     Args:
@@ -89,6 +82,9 @@ class CNN6(nn.Module):
     Input ``(batch, 1, frames, n_mels)``, any ``frames >= 2**depth``; output logits ``(batch, n_classes)``.
     """
 
+    block_prefix = "conv_block"
+    head_name = "fc_audioset"
+
     def __init__(
         self,
         channels: Sequence[int] = (64, 128, 256, 512),
@@ -102,77 +98,18 @@ class CNN6(nn.Module):
         arch_kwargs: dict | None = None,
     ):
         super().__init__()
-        channels = [int(c) for c in channels]
-        if not channels or min(channels) <= 0:
-            raise Sp4scError(f"{arch_name}: channels must be positive integers, got {channels}")
-        if n_classes <= 0 or n_mels < 2 ** len(channels):
-            raise Sp4scError(f"{arch_name}: need n_classes > 0 and n_mels >= {2 ** len(channels)}")
-        self.arch_name = arch_name
-        self.arch_kwargs = dict(arch_kwargs) if arch_kwargs is not None else {
-            "channels": channels, "n_classes": n_classes, "n_mels": n_mels, "dropout": dropout,
-            "block_dropout": block_dropout, "folded": folded,
-        }
-        self.n_mels = n_mels
-        self.n_classes = n_classes
-        self.bn0: nn.Module = MelAffine(n_mels) if folded else nn.BatchNorm2d(n_mels)
-        self.block_names: tuple[str, ...] = tuple(f"conv_block{i + 1}" for i in range(len(channels)))
-        cin = 1
-        for name, cout in zip(self.block_names, channels):
-            self.add_module(name, ConvBlock5x5(cin, cout, dropout=block_dropout, folded=folded))
-            cin = cout
-        self.dropout1 = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(cin, cin)
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout2 = nn.Dropout(dropout)
-        self.fc_audioset = nn.Linear(cin, n_classes)
+        if arch_kwargs is None:
+            arch_kwargs = {"channels": [int(c) for c in channels], "n_classes": n_classes, "n_mels": n_mels,
+                           "dropout": dropout, "block_dropout": block_dropout, "folded": folded}
+        self._build_trunk(channels, n_classes, n_mels, dropout, folded, arch_name, arch_kwargs,
+                          lambda cin, cout: ConvBlock5x5(cin, cout, dropout=block_dropout, folded=folded))
         _init_layer(self.fc1)
         _init_layer(self.fc_audioset)
 
-    @property
-    def blocks(self) -> list[ConvBlock5x5]:
-        return [getattr(self, name) for name in self.block_names]
-
-    @property
-    def min_frames(self) -> int:
-        return 2 ** len(self.block_names)
-
-    @property
-    def folded(self) -> bool:
-        return isinstance(self.bn0, MelAffine)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.n_mels, self.min_frames, self.arch_name)
-        # (batch, 1, frames, mels)
-        x = apply_mel_norm(self.bn0, x)  # (batch, 1, frames, mels)
-        for block in self.blocks:
-            x = block(x)  # (batch, channels, frames / 2**i, mels / 2**i)
-        x = time_freq_head_pool(x)  # (batch, channels)
-        x = self.dropout1(x)
-        x = self.relu(self.fc1(x))  # (batch, channels)
-        x = self.dropout2(x)
-        return self.fc_audioset(x)  # (batch, n_classes)
-
-    def fuse(self) -> "CNN6":
-        """Fold every BatchNorm in place: input BN -> per-mel affine, block BNs -> conv bias."""
-        if self.folded:
-            raise Sp4scError(f"{self.arch_name}: model is already folded")
-        self.bn0 = MelAffine.from_batchnorm(self.bn0)
-        for block in self.blocks:
-            block.fuse()
-        self.arch_kwargs["folded"] = True
-        return self
-
 
 def _build(name: str, channels: tuple[int, ...], kwargs: dict) -> CNN6:
-    allowed = {"n_classes", "n_mels", "dropout", "block_dropout", "folded"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise TypeError(f"unexpected options {unknown}; allowed: {sorted(allowed)}")
-    opts = {"n_classes": 10, "n_mels": 64, "dropout": 0.5, "block_dropout": 0.2, "folded": False}
-    opts.update(kwargs)
-    opts = {"n_classes": int(opts["n_classes"]), "n_mels": int(opts["n_mels"]), "dropout": float(opts["dropout"]),
-            "block_dropout": float(opts["block_dropout"]), "folded": bool(opts["folded"])}
-    return CNN6(channels, **opts, arch_name=name, arch_kwargs=dict(opts))
+    defaults = {"n_classes": 10, "n_mels": 64, "dropout": 0.5, "block_dropout": 0.2, "folded": False}
+    return build_variant(CNN6, name, channels, kwargs, defaults)
 
 
 @register_model("cnn6", frontend="panns", description="PANNs CNN6, 64-128-256-512 (4.57 M params)")

@@ -32,13 +32,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import (
-    MelAffine,
-    apply_mel_norm,
-    bn_scale_shift,
-    check_input,
-    time_freq_head_pool,
-)
+from sp4sc.models._common import MelCNN, bn_scale_shift, build_variant
 
 DILATION = 2  # both depthwise kernels: 3 taps, 2 apart
 TAPS = 3
@@ -123,7 +117,7 @@ class SepBlock(nn.Module):
         return self
 
 
-class SP4SC(nn.Module):
+class SP4SC(MelCNN):
     """SP4ASC's Cnn6_60k and its width/depth variants.
 
     Args:
@@ -138,6 +132,9 @@ class SP4SC(nn.Module):
     Input ``(batch, 1, frames, n_mels)`` log-mels, any ``frames >= 2**depth``; output logits ``(batch, n_classes)``.
     """
 
+    block_prefix = "conv"
+    head_name = "fc2"
+
     def __init__(
         self,
         channels: Sequence[int] = (64, 128, 128, 128),
@@ -151,41 +148,11 @@ class SP4SC(nn.Module):
         arch_kwargs: dict | None = None,
     ):
         super().__init__()
-        channels = [int(c) for c in channels]
-        if not channels or min(channels) <= 0:
-            raise Sp4scError(f"{arch_name}: channels must be positive integers, got {channels}")
-        if n_classes <= 0 or n_mels < 2 ** len(channels):
-            raise Sp4scError(f"{arch_name}: need n_classes > 0 and n_mels >= {2 ** len(channels)}")
-        self.arch_name = arch_name
-        self.arch_kwargs = dict(arch_kwargs) if arch_kwargs is not None else {
-            "channels": channels, "n_classes": n_classes, "n_mels": n_mels, "dropout": dropout,
-            "fast": fast, "folded": folded,
-        }
-        self.n_mels = n_mels
-        self.n_classes = n_classes
-        self.bn0: nn.Module = MelAffine(n_mels) if folded else nn.BatchNorm2d(n_mels)
-        self.block_names: tuple[str, ...] = tuple(f"conv{i + 1}" for i in range(len(channels)))
-        cin = 1
-        for name, cout in zip(self.block_names, channels):
-            self.add_module(name, SepBlock(cin, cout, fast=fast, folded=folded))
-            cin = cout
-        self.dropout1 = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(cin, cin)
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout2 = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(cin, n_classes)
-
-    @property
-    def blocks(self) -> list[SepBlock]:
-        return [getattr(self, name) for name in self.block_names]
-
-    @property
-    def min_frames(self) -> int:
-        return 2 ** len(self.block_names)
-
-    @property
-    def folded(self) -> bool:
-        return isinstance(self.bn0, MelAffine)
+        if arch_kwargs is None:
+            arch_kwargs = {"channels": [int(c) for c in channels], "n_classes": n_classes, "n_mels": n_mels,
+                           "dropout": dropout, "fast": fast, "folded": folded}
+        self._build_trunk(channels, n_classes, n_mels, dropout, folded, arch_name, arch_kwargs,
+                          lambda cin, cout: SepBlock(cin, cout, fast=fast, folded=folded))
 
     def set_fast(self, fast: bool = True) -> "SP4SC":
         """Switch the training fast path on or off (parameters are shared, nothing is copied)."""
@@ -194,39 +161,10 @@ class SP4SC(nn.Module):
         self.arch_kwargs["fast"] = fast
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.n_mels, self.min_frames, self.arch_name)
-        # (batch, 1, frames, mels)
-        x = apply_mel_norm(self.bn0, x)  # (batch, 1, frames, mels)
-        for block in self.blocks:
-            x = block(x)  # (batch, channels, frames / 2**i, mels / 2**i)
-        x = time_freq_head_pool(x)  # (batch, channels)
-        x = self.dropout1(x)
-        x = self.relu(self.fc1(x))  # (batch, channels)
-        x = self.dropout2(x)
-        return self.fc2(x)  # (batch, n_classes)
-
-    def fuse(self) -> "SP4SC":
-        """Fold every BatchNorm in place: input BN -> per-mel affine, block BNs -> conv bias."""
-        if self.folded:
-            raise Sp4scError(f"{self.arch_name}: model is already folded")
-        self.bn0 = MelAffine.from_batchnorm(self.bn0)
-        for block in self.blocks:
-            block.fuse()
-        self.arch_kwargs["folded"] = True
-        return self
-
 
 def _build(name: str, channels: tuple[int, ...], kwargs: dict) -> SP4SC:
-    allowed = {"n_classes", "n_mels", "dropout", "fast", "folded"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise TypeError(f"unexpected options {unknown}; allowed: {sorted(allowed)}")
-    opts = {"n_classes": 10, "n_mels": 256, "dropout": 0.2, "fast": False, "folded": False}
-    opts.update(kwargs)
-    opts = {"n_classes": int(opts["n_classes"]), "n_mels": int(opts["n_mels"]), "dropout": float(opts["dropout"]),
-            "fast": bool(opts["fast"]), "folded": bool(opts["folded"])}
-    return SP4SC(channels, **opts, arch_name=name, arch_kwargs=dict(opts))
+    defaults = {"n_classes": 10, "n_mels": 256, "dropout": 0.2, "fast": False, "folded": False}
+    return build_variant(SP4SC, name, channels, kwargs, defaults)
 
 
 @register_model("sp4sc", frontend="sp4asc", description="SP4ASC Cnn6_60k, 64-128-128-128 (62,474 folded params)")
