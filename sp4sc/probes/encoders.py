@@ -12,6 +12,10 @@ named), and how to embed a batch of waveforms at its own sample rate::
 Bundles always run in eval mode (PaSST's mel front end masks time and
 frequency in train mode), under ``torch.no_grad()``, with bf16 autocast on a GPU.
 
+Encoders with their own classifier (EfficientAT's AudioSet taggers, see
+:mod:`sp4sc.probes.efficientat`) also give logits: ``emb, logits =
+bundle.embed_with_logits(wav)``.
+
 Registry: :data:`ENCODERS` lists the names the command line accepts. Tests add
 their tiny fake encoder with :func:`register_encoder` (see
 :mod:`sp4sc.probes.fake`); it is never registered by the package itself.
@@ -47,6 +51,10 @@ class EncoderBundle:
         dim: embedding size.
         max_window_s: longest window the network accepts, seconds (None: no limit).
         min_window_s: shortest window the network accepts, seconds.
+        n_logits: outputs of the encoder's own classification head (0: none; see
+            :meth:`embed_with_logits`).
+        label_set: what those outputs are (``"audioset"``: AudioSet's 527 classes in
+            ``class_labels_indices.csv`` order), or None.
         random_init: True when built with random weights and no checkpoint loaded.
         checkpoint: path of the loaded checkpoint, or None.
         checkpoint_sha256: content hash of the loaded checkpoint, or None.
@@ -57,6 +65,8 @@ class EncoderBundle:
     dim: int = 0
     max_window_s: float | None = None
     min_window_s: float = 0.0
+    n_logits: int = 0
+    label_set: str | None = None
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None
@@ -138,6 +148,27 @@ class EncoderBundle:
         Returns:
             float32 ``(batch, dim)`` on :attr:`device`, one embedding per window.
         """
+        return self._run(self._forward, wav).float()  # (batch, dim)
+
+    def embed_with_logits(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and the encoder's own classification logits of a batch of windows.
+
+        Args:
+            wav: float waveforms ``(batch, samples)`` at :attr:`sample_rate`.
+
+        Returns:
+            float32 embeddings ``(batch, dim)`` and logits ``(batch, n_logits)`` on :attr:`device`.
+
+        Raises:
+            Sp4scError: the encoder has no classification head (``n_logits == 0``).
+        """
+        if not self.n_logits:
+            raise Sp4scError(f"{self.name}: has no classification head (no logits or tags); use an AudioSet-trained encoder such as efficientat_mn04")
+        logits, emb = self._run(self._forward_logits, wav)  # (batch, n_logits), (batch, dim)
+        return emb.float(), logits.float()
+
+    def _run(self, fn: Callable, wav: torch.Tensor):
+        """Run ``fn(wav)`` in eval mode, without autograd, with bf16 autocast on a GPU."""
         self._require_model()
         if wav.ndim != 2:
             raise Sp4scError(f"{self.name}: expected waveforms (batch, samples), got shape {tuple(wav.shape)}")
@@ -150,14 +181,17 @@ class EncoderBundle:
         )
         with torch.inference_mode(), autocast, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = self._forward(wav)  # (batch, dim)
-        return out.float()
+            return fn(wav)
 
     # -- to implement ------------------------------------------------------------
     def _build(self, cfg: dict[str, Any] | None) -> nn.Module:
         raise NotImplementedError
 
     def _forward(self, wav: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_logits(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (batch, n_logits), embeddings (batch, dim))``; only for encoders with a head."""
         raise NotImplementedError
 
     def _state_target(self) -> nn.Module:
@@ -411,9 +445,25 @@ def _beats_config_keys() -> list[str]:
 
 
 # --------------------------------------------------------------------------- registry
+def _efficientat(variant: str) -> Callable[[], EncoderBundle]:
+    """Factory of ``efficientat_<variant>``; the module is imported on first use."""
+
+    def make() -> EncoderBundle:
+        from sp4sc.probes.efficientat import EfficientATEncoder
+
+        return EfficientATEncoder(variant)
+
+    return make
+
+
+# EfficientAT width names (fschmid56/EfficientAT helpers/utils.py NAME_TO_WIDTH), kept here
+# so that listing the registry does not import the model code.
+EFFICIENTAT_VARIANTS = ("mn01", "mn02", "mn04", "mn05", "mn06", "mn08", "mn10", "mn12", "mn14", "mn16", "mn20", "mn30", "mn40")
+
 ENCODERS: dict[str, Callable[[], EncoderBundle]] = {
     "passt": PasstEncoder,
     "beats": BeatsEncoder,
+    **{f"efficientat_{v}": _efficientat(v) for v in EFFICIENTAT_VARIANTS},
 }
 
 
