@@ -3,7 +3,7 @@
 ``predict_files(loaded, files)`` loads each file with :func:`sp4sc.audio.load_audio`
 at the model's front end (mono, resampled with soxr, padded/cropped to the clip
 duration), computes log-mels with :class:`sp4sc.features.LogMel`, runs the model
-in eval mode, folded as it is exported (:func:`inference_model`), and returns
+in eval mode, folded as it is exported (:func:`sp4sc.fold.inference_model`), and returns
 softmax probabilities ``(n_files, n_classes)``. The edge
 runner (``export/edge_infer.py``) is its torch-free twin and prints the same JSON
 (:func:`result_json`).
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sp4sc.errors import Sp4scError
+from sp4sc.fold import inference_model
 
 # SP4ASC's SpecAugment ([time width, time stripes, freq width, freq stripes]) at the
 # sp4asc front end (431 frames x 256 mels), from their checkpoint names
@@ -137,21 +138,6 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     if n_classes is not None and probs.shape[1] != n_classes:
         raise Sp4scError(f"model gives {probs.shape[1]} classes but its file lists {n_classes} class names")
     return probs
-
-
-def inference_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model as it is deployed: BatchNorm folded and SP4SC blocks merged (the ONNX graph's structure).
-
-    Same function as ``model`` in eval mode (to float rounding; the export checks it at every
-    export) and about 1.5x faster in eager mode. Models that cannot be folded are used as they are.
-    """
-    from sp4sc.fold import fold_batchnorm
-    from sp4sc.onnx_export import deploy_model
-
-    try:
-        return deploy_model(fold_batchnorm(model)).eval()
-    except Sp4scError:
-        return model.eval()
 
 
 def result_json(classes: Sequence[str], files: Sequence[str], probs: np.ndarray) -> dict[str, Any]:

@@ -310,12 +310,13 @@ def test_unedited_template_is_warned_about(tmp_path, small_eval, ckpt):
 
 
 def test_demo_step_writes_a_valid_toy_package(tmp_path, toy, ckpt, monkeypatch):
+    import sp4sc.commands.demo_steps as demo_steps
     import sp4sc.submission as submission
 
     monkeypatch.setattr(submission, "_export", lambda *a, **k: None)  # ONNX export is covered above
     lines = []
-    res = submission.demo_step(ckpt, toy, tmp_path / "submissions", echo=lines.append)
-    assert res.path == tmp_path / "submissions" / submission.DEMO_LABEL
+    res = demo_steps.write_demo_submission(ckpt, toy, tmp_path / "submissions", echo=lines.append)
+    assert res.path == tmp_path / "submissions" / demo_steps.DEMO_LABEL
     assert validate_submission(res.path, eval_root=toy).ok
     assert [w.rsplit("[", 1)[1] for w in res.warnings] == ["results-partial]"]  # toy: devices a, b, c only
     assert res.results is not None

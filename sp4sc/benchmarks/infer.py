@@ -7,7 +7,7 @@ threads (default: the cores this process may use). Rows:
 - model only (log-mel in, probabilities out) and end to end (waveform in);
 - batch 1 and 16 (figures are per clip: the call's time divided by the batch);
 - PyTorch eager: the model as trained (unfolded) and as deployed (folded, merged
-  blocks: :func:`sp4sc.infer.inference_model`), front end :class:`sp4sc.features.LogMel`;
+  blocks: :func:`sp4sc.fold.inference_model`), front end :class:`sp4sc.features.LogMel`;
 - ONNX Runtime fp32, fp16 and int8 (the graphs ``sp4sc export`` writes), end to
   end with the edge runner's numpy front end (``export/edge_frontend.py``) and
   with the waveform-in graph (front end inside ONNX).
@@ -86,10 +86,10 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
 
     from sp4sc.benchmarks.machine import describe, line
     from sp4sc.features import LogMel, frontend_preset
-    from sp4sc.fold import fold_batchnorm
-    from sp4sc.infer import inference_model
+    from sp4sc.fold import deploy_model, fold_batchnorm, inference_model
     from sp4sc.models import create_model
-    from sp4sc.onnx_export import ort_session, quantize_int8, to_onnx, waveform_model
+    from sp4sc.onnx_graph import quantize_int8, to_onnx, waveform_model
+    from sp4sc.onnx_parity import ort_session
 
     threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -101,8 +101,6 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     folded = fold_batchnorm(model)
     logmel = LogMel(cfg).eval()
     min_frames = int(getattr(folded, "min_frames", 16))
-
-    from sp4sc.onnx_export import deploy_model
 
     protos = {"fp32": to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames)}
     protos["fp16"] = to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames, half=True)

@@ -6,7 +6,9 @@ feature cache, train ``recipes/demo.yaml`` (SP4SC on 2 s clips with the small
 and print a summary table (accuracy, log loss, per-device accuracy,
 parameters, time per step). Output goes to ``--out`` (default ``runs/demo``):
 ``checkpoints/{best,last}.ckpt``, ``model.pt`` (an sp4sc model file),
-``lightning_logs/`` (TensorBoard) and ``summary.json``.
+``confusion.png`` and ``metrics.md`` (the test split, :mod:`sp4sc.report`),
+``lightning_logs/`` (TensorBoard), ``export/`` (ONNX), ``submissions/`` and
+``summary.json``. The steps after training live in :mod:`sp4sc.commands.demo_steps`.
 
 How the demo is built -- and how to add a step
 ----------------------------------------------
@@ -41,6 +43,7 @@ key                 set by / meaning
                     what ``export``/``infer``/``submit`` take (``load_model`` reads both)
 ``results``         "evaluate": DCASE results dict (:func:`sp4sc.metrics.dcase_results` layout)
 ``params``          "evaluate": parameter count of the trained (unfolded) backbone
+``figures``         "evaluate": paths of ``confusion.png`` and ``metrics.md``
 ==================  ===================================================================
 """
 
@@ -155,24 +158,22 @@ def step_evaluate(ctx: dict) -> None:
         ctx["summary"].append((f"accuracy, device {dev}", f"{100 * r['accuracy']:.1f} %"))
     ctx["summary"].append(("parameters (unfolded)", f"{ctx['params']:,}"))
     ctx["echo"](f"model file: {ctx['model_file']}")
+    from sp4sc.report import write_eval_report
+
+    md, png = write_eval_report(results, model.classes, ctx["out"], title="sp4sc demo: toy evaluation split")
+    ctx["figures"] = [p for p in (png, md) if p is not None]
+    ctx["echo"](f"confusion matrix and metrics table: {', '.join(str(p) for p in ctx['figures'])}")
 
 
-def step_submit(ctx: dict) -> None:
-    """Write and validate a DCASE package for the toy evaluation split (sp4sc.submission)."""
-    from sp4sc.submission import demo_step
-
-    res = demo_step(ctx["model_file"], ctx["toy_root"], ctx["out"] / "submissions", echo=ctx["echo"])
-    ctx["summary"].append(("submission package", f"{res.path} (validated)"))
-
-
-def _export_step(name: str) -> Callable[[dict], None]:
-    """A step from :mod:`sp4sc.onnx_export` (``demo_step_<name>``), imported only when it runs."""
+def _later_step(name: str) -> Callable[[dict], None]:
+    """A step of :mod:`sp4sc.commands.demo_steps` (``step_<name>``), imported only when it runs."""
 
     def step(ctx: dict) -> None:
-        from sp4sc import onnx_export
+        from sp4sc.commands import demo_steps
 
-        getattr(onnx_export, f"demo_step_{name}")(ctx)
+        getattr(demo_steps, f"step_{name}")(ctx)
 
+    step.__name__ = f"step_{name}"
     return step
 
 
@@ -181,13 +182,13 @@ STEPS: list[Step] = [
     ("cache", step_cache, "build the log-mel feature cache"),
     ("train", step_train, "train the demo recipe on the CPU"),
     ("evaluate", step_evaluate, "test the best checkpoint; write model.pt"),
-    # the export developer's steps (sp4sc/onnx_export.py, demo_step_*): they need model_file
-    ("fold", _export_step("fold"), "fold BatchNorm; folded == unfolded on toy clips"),
-    ("budget", _export_step("budget"), "parameters, bytes, MACs; DCASE 2021 budget check"),
-    ("export", _export_step("export"), "ONNX export (fp32 + fp16) with parity check"),
-    ("parity", _export_step("parity"), "ONNX Runtime vs torch at three shapes"),
-    ("edge", _export_step("edge"), "torch-free edge runner on two clips vs sp4sc infer"),
-    ("submit", step_submit, "write and validate a submission package for the toy evaluation split"),
+    # sp4sc/commands/demo_steps.py: they need model_file
+    ("fold", _later_step("fold"), "fold BatchNorm; folded == unfolded on toy clips"),
+    ("budget", _later_step("budget"), "parameters, bytes, MACs; DCASE 2021 budget check"),
+    ("export", _later_step("export"), "ONNX export (fp32 + fp16) with parity check"),
+    ("parity", _later_step("parity"), "ONNX Runtime vs torch at three shapes"),
+    ("edge", _later_step("edge"), "torch-free edge runner on two clips vs sp4sc infer"),
+    ("submit", _later_step("submit"), "write and validate a submission package for the toy evaluation split"),
 ]
 REQUIRED = ("data", "cache", "train", "evaluate")
 
@@ -246,9 +247,24 @@ def run(args: argparse.Namespace) -> int:
     from sp4sc.fileio import write_json
 
     console.print(line())
+    for text in where_to_look(ctx):
+        console.print(text)
     write_json(out / "summary.json", {
         "results": ctx.get("results"), "params": ctx.get("params"), "times_s": ctx["times"],
         "total_s": sum(ctx["times"].values()), "machine": line(),
         "rows": [list(r) for r in ctx["summary"]],
+        "figures": [str(p) for p in ctx.get("figures", [])],
     })
     return 0
+
+
+def where_to_look(ctx: dict) -> list[str]:
+    """The closing lines: the figures of this run and the TensorBoard command for its curves."""
+    out = Path(ctx["out"])
+    lines = []
+    if ctx.get("figures"):
+        lines.append("figures: " + ", ".join(str(p) for p in ctx["figures"]) +
+                     " (confusion matrix: counts and row-normalised; metrics per class and device)")
+    logs = out / "lightning_logs"
+    lines.append(f"training curves: tensorboard --logdir {logs if logs.is_dir() else out}")
+    return lines
