@@ -1,9 +1,12 @@
-"""``sp4sc probe {sweep,bench}``: frozen-embedding linear probes at varying temporal support δt.
+"""``sp4sc probe {sweep,bench,embed}``: frozen-embedding linear probes at varying temporal support δt.
 
-``sweep`` embeds a dataset with PaSST or BEATs at each δt, trains linear
-probes (several seeds), aggregates window predictions, measures the encoder's
-cost and writes results.json, table.md and plot.png into ``--out``.
+``sweep`` embeds a dataset with a frozen encoder (PaSST, BEATs, EfficientAT)
+at each δt, trains linear probes (several seeds), aggregates window
+predictions, measures the encoder's cost and writes results.json, table.md
+and plot.png into ``--out``.
 ``bench`` compares the extractor's windows/s with the raw encoder forward.
+``embed`` gives the window embeddings of audio files (JSON or .npz) and, for
+an AudioSet-trained encoder, each file's top-K AudioSet tags.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ def _encoder_names() -> list[str]:
     return sorted(ENCODERS)
 
 
+def _encoder_help() -> str:
+    """Help text of --encoder without importing torch (the built-in names)."""
+    from sp4sc.probes import EFFICIENTAT_VARIANTS
+
+    return (f"passt, beats or efficientat_mnXX with XX one of {' '.join(v[2:] for v in EFFICIENTAT_VARIANTS)} "
+            "(EfficientAT width x10; mn04: the released AudioSet tagger)")
+
+
 def _weights(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--ckpt", help="encoder checkpoint file (PaSST state dict; BEATs {'cfg', 'model'} file)")
+    g.add_argument("--ckpt", help="encoder checkpoint file (PaSST state dict; BEATs {'cfg', 'model'} file; "
+                   "EfficientAT state dict such as mn04_as_mAP_432.pt)")
     g.add_argument("--random-init", action="store_true",
                    help="random encoder weights: pipeline and cost checks only; every output says so")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random encoder weights")
@@ -41,10 +53,10 @@ def _default_cache() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="probe_command", required=True, metavar="{sweep,bench}")
+    sub = parser.add_subparsers(dest="probe_command", required=True, metavar="{sweep,bench,embed}")
     s = sub.add_parser("sweep", help="accuracy and cost of linear probes per δt", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--encoder", required=True, help=f"one of {', '.join(_encoder_names())}")
+    s.add_argument("--encoder", required=True, help=_encoder_help())
     _weights(s)
     s.add_argument("--dataset", required=True, choices=["tau2020", "esc", "toy"],
                    help="tau2020: fold1 train -> fold1 evaluate; esc: k-fold over its folds; toy: the generated toy set")
@@ -76,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.set_defaults(_run=_run_sweep)
 
     b = sub.add_parser("bench", help="extractor windows/s vs the raw encoder forward, per δt")
-    b.add_argument("--encoder", required=True, help=f"one of {', '.join(_encoder_names())}")
+    b.add_argument("--encoder", required=True, help=_encoder_help())
     _weights(b)
     b.add_argument("--dt", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0], metavar="S")
     b.add_argument("--device", default="auto")
@@ -90,6 +102,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--workers", type=int, default=None, help="audio loading processes (default: cores - 1 up to 8 on GPU, 0 on CPU)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(_run=_run_bench)
+
+    e = sub.add_parser(
+        "embed", help="window embeddings (and AudioSet tags) of audio files",
+        description="Embed each file in windows of --dt seconds (window i starts at i * hop; a tail "
+                    "window is kept zero-padded when it holds at least half a window).",
+    )
+    e.add_argument("--encoder", required=True, help=_encoder_help())
+    _weights(e)
+    e.add_argument("--dt", type=float, default=1.0, metavar="S",
+                   help="window length in seconds (default 1; --dt 10 makes a 10 s file one window)")
+    e.add_argument("--hop", type=float, default=None, metavar="S", help="hop between windows, s (default: = --dt)")
+    e.add_argument("--out", default=None, metavar="F.npz",
+                   help="also write the embeddings (and logits, tags) to this .npz, atomically")
+    e.add_argument("--json", action="store_true",
+                   help='print {"encoder", "dt", "hop", "files", "windows", "embeddings" (per file, per window), ["tags"]}')
+    e.add_argument("--tags", type=int, default=0, metavar="K",
+                   help="add each file's top-K AudioSet labels (mean of the window sigmoid probabilities); "
+                        "AudioSet-trained encoders only (efficientat_*)")
+    e.add_argument("--labels", default=None, metavar="CSV",
+                   help="AudioSet class_labels_indices.csv for --tags (default: the one beside --ckpt; never downloaded)")
+    e.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    e.add_argument("--batch-size", type=int, default=32, help="windows per encoder forward (default 32)")
+    e.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg; any rate, mixed to mono)")
+    e.set_defaults(_run=_run_embed)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -159,4 +195,60 @@ def _run_bench(args: argparse.Namespace) -> int:
         workers=args.workers if args.workers is not None else _gpu_workers(gpu),
     )
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from sp4sc.fileio import to_plain
+    from sp4sc.log import logger
+    from sp4sc.probes.encoders import create_encoder, load_encoder
+    from sp4sc.probes.files import check_files, default_labels_path, embed_files, load_labels, save_npz, top_tags
+    from sp4sc.probes.sweep import RANDOM_INIT_NOTE, check_dts, resolve_device
+
+    if args.encoder not in _encoder_names():
+        raise Sp4scError(f"--encoder {args.encoder!r}: choose one of {', '.join(_encoder_names())}")
+    if args.out is not None and Path(args.out).suffix != ".npz":
+        raise Sp4scError(f"--out {args.out}: must end in .npz (e.g. --out embeddings.npz)")
+    if args.hop is not None and args.hop <= 0:
+        raise Sp4scError(f"--hop {args.hop:g}: must be positive")
+    if args.batch_size < 1:
+        raise Sp4scError(f"--batch-size {args.batch_size}: must be positive")
+    check_dts(create_encoder(args.encoder), [args.dt])  # before anything is built or read
+    check_files(args.files)
+    labels = None
+    if args.tags:
+        probe = create_encoder(args.encoder)
+        if not probe.n_logits or probe.label_set != "audioset":
+            raise Sp4scError(f"--tags: {args.encoder} has no AudioSet head; use an AudioSet-trained encoder (efficientat_*)")
+        if not 1 <= args.tags <= probe.n_logits:
+            raise Sp4scError(f"--tags {args.tags}: choose K between 1 and {probe.n_logits}")
+        path = args.labels or default_labels_path(args.ckpt)
+        if path is None:
+            raise Sp4scError(
+                "--tags: no AudioSet label file beside the checkpoint; pass --labels PATH to "
+                "class_labels_indices.csv (a local file, never downloaded)"
+            )
+        labels = load_labels(path, probe.n_logits)
+    device = resolve_device(args.device)
+    bundle = load_encoder(args.encoder, ckpt=args.ckpt, random_init=args.random_init, seed=args.init_seed, device=device)
+    if bundle.random_init:
+        logger.warning(f"{bundle.name}: {RANDOM_INIT_NOTE}")
+    result = embed_files(bundle, args.files, dt=args.dt, hop=args.hop, batch_size=args.batch_size)
+    tags = top_tags(result, labels, args.tags) if labels is not None else None
+    if args.out is not None:
+        save_npz(args.out, result, tags)
+    if args.json:
+        from sp4sc.probes.files import to_json
+
+        print(json.dumps(to_plain(to_json(result, tags))))
+        return 0
+    print(f"{result.encoder} ({result.weights[:23]}), {result.dim}-d, dt {result.dt:g} s, hop {result.hop:g} s")
+    for i, (name, n) in enumerate(zip(result.files, result.windows)):
+        print(f"{name}: {n} window{'s' if n != 1 else ''}")
+        if tags is not None:
+            print("    " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in tags[i]))
+    if result.random_init:
+        print(f"Note: {RANDOM_INIT_NOTE}.")
+    if args.out is not None:
+        print(f"wrote {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""Frozen pre-trained embeddings (PaSST, BEATs) probed at varying temporal support δt.
+"""Frozen pre-trained embeddings (PaSST, BEATs, EfficientAT) probed at varying temporal support δt.
 
 The method of Quelennec, Olvera, Peeters and Essid, "On the choice of the
 optimal temporal support for audio classification with pre-trained
@@ -11,3 +11,9 @@ audio -> windows of δt (:mod:`~sp4sc.probes.windows`) -> frozen encoder
 
 Submodules are imported on use: ``import sp4sc.probes`` stays light.
 """
+
+# EfficientAT width names (fschmid56/EfficientAT helpers/utils.py NAME_TO_WIDTH); the encoder
+# registry (sp4sc.probes.encoders.ENCODERS) is built from them. Kept here, free of torch, so
+# that `sp4sc probe --help` stays fast.
+EFFICIENTAT_VARIANTS = ("mn01", "mn02", "mn04", "mn05", "mn06", "mn08", "mn10", "mn12", "mn14", "mn16", "mn20", "mn30", "mn40")
+BUILTIN_ENCODERS = ("passt", "beats", *(f"efficientat_{v}" for v in EFFICIENTAT_VARIANTS))

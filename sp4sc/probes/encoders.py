@@ -36,6 +36,7 @@ from torch import nn
 
 from sp4sc.checkpoint import check_state_dict, read_checkpoint
 from sp4sc.errors import Sp4scError
+from sp4sc.probes import EFFICIENTAT_VARIANTS
 
 
 class EncoderBundle:
@@ -455,10 +456,6 @@ def _efficientat(variant: str) -> Callable[[], EncoderBundle]:
 
     return make
 
-
-# EfficientAT width names (fschmid56/EfficientAT helpers/utils.py NAME_TO_WIDTH), kept here
-# so that listing the registry does not import the model code.
-EFFICIENTAT_VARIANTS = ("mn01", "mn02", "mn04", "mn05", "mn06", "mn08", "mn10", "mn12", "mn14", "mn16", "mn20", "mn30", "mn40")
 
 ENCODERS: dict[str, Callable[[], EncoderBundle]] = {
     "passt": PasstEncoder,
