@@ -17,6 +17,8 @@ What this wrapper adds to plain LightningCLI:
 - checkpoints go to ``<trainer.default_root_dir>/checkpoints`` (not a new
   ``version_N`` folder per run), so ``--ckpt_path last`` finds the last one;
 - ``config.yaml`` is overwritten on reruns instead of failing;
+- when stdout is not a terminal (a log file, a pipe), the progress bar is
+  replaced by one plain line per epoch (:mod:`sp4sc.progress`);
 - a usage error (unknown key, wrong type, missing data root) is one line naming
   the key, exit code 2, no traceback.
 """
@@ -119,6 +121,9 @@ def _cli_class():
             for cb in trainer.callbacks:
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                     cb.dirpath = str(root / CHECKPOINT_SUBDIR)
+            from sp4sc.progress import use_line_progress
+
+            use_line_progress(trainer)  # stdout not a terminal: one plain line per epoch instead of a bar
             return trainer
 
     return Sp4scCLI
@@ -191,8 +196,30 @@ def _make_cli(args: list[str], command: str | None):
 
 def main(command: str, argv: list[str]) -> int:
     """Run LightningCLI's ``command`` (fit, validate, test, predict) with ``argv``."""
-    _make_cli(expand_configs(argv), command)
+    cli = _make_cli(expand_configs(argv), command)
+    if command in ("validate", "test"):
+        write_figures(cli, "val" if command == "validate" else "test")
     return 0
+
+
+def write_figures(cli, stage: str) -> list[Path]:
+    """``confusion.png`` and ``metrics.md`` of the ``stage`` just run, into the run folder (rank 0 only).
+
+    The run folder is ``trainer.default_root_dir`` (where ``checkpoints/`` goes); the
+    files are those of :mod:`sp4sc.report`, and their paths are said on stderr.
+    """
+    from sp4sc.log import logger
+    from sp4sc.report import write_eval_report
+
+    model, trainer = getattr(cli, "model", None), getattr(cli, "trainer", None)
+    report = (getattr(model, "reports", None) or {}).get(stage)
+    if report is None or trainer is None or not trainer.is_global_zero:
+        return []
+    split = "validation" if stage == "val" else "test"
+    md, png = write_eval_report(report, list(model.classes), trainer.default_root_dir, title=f"{split} split")
+    written = [p for p in (png, md) if p is not None]
+    logger.info("wrote %s", ", ".join(str(p) for p in written))
+    return written
 
 
 def build_cli(argv: list[str]):
