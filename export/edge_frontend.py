@@ -251,3 +251,67 @@ def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np
                   file=sys.stderr)
         wav = wav[:n] if wav.shape[0] >= n else np.pad(wav, (0, n - wav.shape[0]))
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+# --- clip length at inference: the twin of sp4sc.audio.fit_clip / ClipLengths ---
+
+PAD_MODES = ("silence", "repeat")
+
+
+def fit_clip(x: np.ndarray, n_samples: int, pad: str | None = None, crop: bool = False) -> np.ndarray:
+    """Own length by default; ``pad`` ("silence" or "repeat") brings shorter clips up to ``n_samples``,
+    ``crop`` cuts longer ones to their first ``n_samples`` (as ``sp4sc infer --pad/--crop``)."""
+    if pad is not None and pad not in PAD_MODES:
+        raise EdgeError(f"--pad {pad!r}: choose one of {', '.join(PAD_MODES)} (or leave it out: own length)")
+    n = x.shape[0]
+    if crop and n > n_samples:
+        return np.ascontiguousarray(x[:n_samples])
+    if pad is not None and 0 < n < n_samples:
+        if pad == "silence":
+            return np.concatenate([x, np.zeros(n_samples - n, dtype=x.dtype)])
+        return np.ascontiguousarray(np.tile(x, -(-n_samples // n))[:n_samples])
+    return x
+
+
+class ClipLengths:
+    """Tally of clip lengths against the trained length; ``note()`` is the run's one line (as sp4sc's)."""
+
+    def __init__(self, n_samples: int, sample_rate: int, pad: str | None = None, crop: bool = False):
+        self.n_samples, self.sample_rate, self.pad, self.crop = int(n_samples), int(sample_rate), pad, crop
+        self.total = self.padded = self.cropped = 0
+        self.own: list[int] = []
+
+    def add(self, n_in: int, n_out: int) -> None:
+        self.total += 1
+        if n_out != n_in:
+            if n_out > n_in:
+                self.padded += 1
+            else:
+                self.cropped += 1
+        elif n_in != self.n_samples:
+            self.own.append(n_in)
+
+    def note(self) -> str | None:
+        trained = f"{self.n_samples / self.sample_rate:g} s"
+        parts = []
+        if self.padded:
+            how = "with silence" if self.pad == "silence" else "by repeating the clip"
+            parts.append(f"padded {self.padded} of {self.total} clips to the model's trained {trained} {how} (--pad {self.pad})")
+        if self.cropped:
+            parts.append(f"cropped {self.cropped} of {self.total} clips to their first {trained} (--crop)")
+        if self.own:
+            lo, hi = min(self.own) / self.sample_rate, max(self.own) / self.sample_rate
+            span = f"{lo:.2f} s" if lo == hi else f"{lo:.2f}-{hi:.2f} s"
+            hints = [h for h, used in (("--pad silence|repeat pads short ones", self.pad),
+                                       ("--crop cuts long ones", self.crop)) if not used]
+            parts.append(f"{len(self.own)} of {self.total} clips ran at their own length ({span}), not the model's "
+                         f"trained {trained}" + (f" ({'; '.join(hints)})" if hints else ""))
+        return "; ".join(parts) or None
+
+
+def too_short_message(path: str, n: int, min_samples: int, sample_rate: int, trained_s: float, pad: str | None) -> str:
+    """The one-line error for a clip too short for the model (the wording of sp4sc.infer)."""
+    fix = (f"pass --pad silence or --pad repeat to pad clips to the model's trained {trained_s:g} s"
+           if pad is None else "the clip holds almost no audio; check the file")
+    return (f"{path}: {n / sample_rate:.3f} s of audio, shorter than the {min_samples / sample_rate:.3f} s "
+            f"the model needs; {fix}")

@@ -3,12 +3,16 @@
 
 Usage::
 
-    python export/edge_infer.py --model DIR/model.onnx [--json] [--batch-size N] FILE...
+    python export/edge_infer.py --model DIR/model.onnx [--json] [--batch-size N] [--pad silence|repeat] [--crop] FILE...
 
 ``DIR`` is a folder written by ``sp4sc export``; ``frontend.json`` beside the
 model gives the log-mel settings and the class names. The output is the same as
 ``sp4sc infer``: one line per file (top class and its probability), or with
 ``--json`` ``{"classes": [...], "files": [...], "probs": [[...], ...]}``.
+
+Clip length as ``sp4sc infer``: each clip runs at its own length; ``--pad
+silence|repeat`` pads clips shorter than the model's trained length up to it,
+``--crop`` cuts longer ones; one line on stderr says when lengths differ.
 
 Needs numpy, soundfile and onnxruntime (and soxr for files whose sample rate
 differs from the model's). Errors print one line (``error: ...``) and exit 2.
@@ -25,7 +29,16 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edge_frontend import FRONTEND_FORMAT, EdgeError, EdgeFrontEnd, frontend_digest, load_audio  # noqa: E402
+from edge_frontend import (  # noqa: E402
+    FRONTEND_FORMAT,
+    ClipLengths,
+    EdgeError,
+    EdgeFrontEnd,
+    fit_clip,
+    frontend_digest,
+    load_audio,
+    too_short_message,
+)
 
 META_PREFIX = "sp4sc."
 
@@ -88,6 +101,9 @@ class EdgeModel:
             raise EdgeError(f"{frontend_path}: not an sp4sc frontend.json (lacks {missing}); re-export the model")
         self.frontend = EdgeFrontEnd(spec["frontend"])
         self.duration = float(spec["frontend"]["duration"])
+        # exports before min_frames was written: only the STFT's own limit is known
+        self.min_frames = int((spec.get("input") or {}).get("min_frames") or 1)
+        self.min_samples = max((self.min_frames - 1) * self.frontend.hop, self.frontend.n_fft // 2 + 1)
         self.classes = [str(c) for c in spec["classes"]]
 
         # the model's input and outputs
@@ -145,15 +161,37 @@ class EdgeModel:
         (probs,) = self.session.run(["probs"], {self.input_name: x})
         return probs
 
-    def predict_files(self, files: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        """Audio files -> probabilities ``(n_files, classes)`` float32."""
+    def predict_files(self, files: Sequence[str], batch_size: int = 16, pad: str | None = None,
+                      crop: bool = False) -> np.ndarray:
+        """Audio files -> probabilities ``(n_files, classes)`` float32.
+
+        Each clip at its own length unless ``pad`` / ``crop`` fit it to the trained length
+        (:func:`edge_frontend.fit_clip`); clips of equal length in a batch run together.
+        """
         if batch_size < 1:
             raise EdgeError(f"--batch-size: must be at least 1, got {batch_size}")
-        out = []
-        for i in range(0, len(files), batch_size):
-            wavs = np.stack([load_audio(f, self.frontend.sample_rate, self.duration) for f in files[i : i + batch_size]])
-            out.append(self.predict_features(self.features(wavs)))
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.classes)), np.float32)
+        sr = self.frontend.sample_rate
+        lengths = ClipLengths(self.frontend.n_samples, sr, pad, crop)
+        rows: dict[int, np.ndarray] = {}
+        for start in range(0, len(files), batch_size):
+            groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # length -> [(clip index, waveform)]
+            for i in range(start, min(start + batch_size, len(files))):
+                raw = load_audio(files[i], sr, None)
+                wav = fit_clip(raw, self.frontend.n_samples, pad, crop)
+                if wav.shape[0] < self.min_samples:
+                    raise EdgeError(too_short_message(files[i], wav.shape[0], self.min_samples, sr, self.duration, pad))
+                lengths.add(raw.shape[0], wav.shape[0])
+                groups.setdefault(wav.shape[0], []).append((i, wav))
+            for group in groups.values():
+                probs = self.predict_features(self.features(np.stack([w for _, w in group])))
+                for (i, _), row in zip(group, probs):
+                    rows[i] = row
+        note = lengths.note()
+        if note:
+            print(f"INFO: clip length: {note}", file=sys.stderr)
+        if not rows:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return np.stack([rows[i] for i in range(len(files))]).astype(np.float32)
 
 
 def result_json(classes: Sequence[str], files: Sequence[str], probs: np.ndarray) -> dict[str, Any]:
@@ -177,11 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help='print {"classes", "files", "probs"} as JSON')
     parser.add_argument("--batch-size", type=int, default=16, help="files per ONNX Runtime call (default 16)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--pad", choices=("silence", "repeat"), default=None,
+                        help="pad clips shorter than the model's trained length up to it: with silence, or by "
+                             "repeating the clip (default: each clip runs at its own length)")
+    parser.add_argument("--crop", action="store_true",
+                        help="cut clips longer than the model's trained length to their first part of that length "
+                             "(default: each clip runs at its own length)")
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg)")
     args = parser.parse_args(argv)
     try:
         model = EdgeModel(args.model, args.frontend, threads=args.threads)
-        probs = model.predict_files(args.files, batch_size=args.batch_size)
+        probs = model.predict_files(args.files, batch_size=args.batch_size, pad=args.pad, crop=args.crop)
     except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

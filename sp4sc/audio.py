@@ -141,4 +141,78 @@ def write_wav(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype:
         sf.write(str(tmp), np.asarray(x, dtype=np.float32), int(sample_rate), subtype=subtype, format="WAV")
 
 
-__all__ = ["load_audio", "load_batch", "read_audio", "resample", "fit_length", "audio_info", "write_wav"]
+# ----------------------------------------------------------------------------- clip length at inference
+
+PAD_MODES = ("silence", "repeat")
+
+
+def fit_clip(x: np.ndarray, n_samples: int, *, pad: str | None = None, crop: bool = False) -> np.ndarray:
+    """The clip length ``sp4sc infer``, ``sp4sc submit`` and the edge runner use.
+
+    By default a clip keeps its own length (the models accept any number of
+    frames, and padding a short clip with silence changes what the model hears).
+    ``pad`` brings clips shorter than ``n_samples`` (the model's trained length) up
+    to it: ``"silence"`` appends zeros, ``"repeat"`` repeats the clip from its start.
+    ``crop`` cuts clips longer than ``n_samples`` to their first ``n_samples``.
+
+    Raises:
+        Sp4scError: an unknown ``pad`` mode.
+    """
+    if pad is not None and pad not in PAD_MODES:
+        raise Sp4scError(f"--pad {pad!r}: choose one of {', '.join(PAD_MODES)} (or leave it out: own length)")
+    n = x.shape[0]
+    if crop and n > n_samples:
+        return np.ascontiguousarray(x[:n_samples])
+    if pad is not None and 0 < n < n_samples:
+        if pad == "silence":
+            return np.concatenate([x, np.zeros(n_samples - n, dtype=x.dtype)])
+        return np.ascontiguousarray(np.tile(x, -(-n_samples // n))[:n_samples])
+    return x
+
+
+class ClipLengths:
+    """Tally of clip lengths against the model's trained length; :meth:`note` says it once per run.
+
+    Args:
+        n_samples: the trained length in samples.
+        sample_rate: Hz (for the message).
+        pad: the ``--pad`` mode or None.
+        crop: ``--crop``.
+    """
+
+    def __init__(self, n_samples: int, sample_rate: int, pad: str | None = None, crop: bool = False):
+        self.n_samples, self.sample_rate, self.pad, self.crop = int(n_samples), int(sample_rate), pad, crop
+        self.total = self.padded = self.cropped = 0
+        self.own: list[int] = []  # lengths (samples) of clips that ran at a length other than the trained one
+
+    def add(self, n_in: int, n_out: int) -> None:
+        self.total += 1
+        if n_out != n_in:
+            if n_out > n_in:
+                self.padded += 1
+            else:
+                self.cropped += 1
+        elif n_in != self.n_samples:
+            self.own.append(n_in)
+
+    def note(self) -> str | None:
+        """One line for the end of a run, or None when every clip ran at the trained length."""
+        trained = f"{self.n_samples / self.sample_rate:g} s"
+        parts = []
+        if self.padded:
+            how = "with silence" if self.pad == "silence" else "by repeating the clip"
+            parts.append(f"padded {self.padded} of {self.total} clips to the model's trained {trained} {how} (--pad {self.pad})")
+        if self.cropped:
+            parts.append(f"cropped {self.cropped} of {self.total} clips to their first {trained} (--crop)")
+        if self.own:
+            lo, hi = min(self.own) / self.sample_rate, max(self.own) / self.sample_rate
+            span = f"{lo:.2f} s" if lo == hi else f"{lo:.2f}-{hi:.2f} s"
+            hints = [h for h, used in (("--pad silence|repeat pads short ones", self.pad),
+                                       ("--crop cuts long ones", self.crop)) if not used]
+            parts.append(f"{len(self.own)} of {self.total} clips ran at their own length ({span}), not the model's "
+                         f"trained {trained}" + (f" ({'; '.join(hints)})" if hints else ""))
+        return "; ".join(parts) or None
+
+
+__all__ = ["load_audio", "load_batch", "read_audio", "resample", "fit_length", "audio_info", "write_wav",
+           "fit_clip", "ClipLengths", "PAD_MODES"]

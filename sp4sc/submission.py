@@ -19,6 +19,10 @@ and back (``precision="fp16"``, the default), i.e. the model whose size the meta
 file reports -- what SP4ASC did for its DCASE 2021 entry (facts read from
 valeoai/SP4ASC ``sp4asc/testing.py``; no code copied).
 
+Clip length is :func:`sp4sc.infer.predict_files`'s, with the same ``pad`` / ``crop``
+options as ``sp4sc infer`` and the edge runner: each clip at its own length by
+default (the TAU evaluation clips are all 10 s, the trained length).
+
 Test-time augmentation (``tta=N``) is SP4ASC's: SpecAugment stays active at
 test time and the softmax of N augmented passes is averaged; the stripes come
 from a generator seeded with ``seed``, so a rerun writes the same file.
@@ -326,11 +330,13 @@ def quantise_weights(model, precision: str):
     return out
 
 
-def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16) -> np.ndarray:
-    """(N, C) probabilities in the model's class order, via :func:`sp4sc.infer.predict_files`."""
+def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16,
+            pad: str | None = None, crop: bool = False) -> np.ndarray:
+    """(N, C) probabilities in the model's class order, via :func:`sp4sc.infer.predict_files` (same clip length rules)."""
     from sp4sc.infer import predict_files
 
-    return np.asarray(predict_files(loaded, [str(f) for f in files], tta=tta, seed=seed, batch_size=batch_size))
+    return np.asarray(predict_files(loaded, [str(f) for f in files], tta=tta, seed=seed, batch_size=batch_size,
+                                    pad=pad, crop=crop))
 
 
 # ----------------------------------------------------------------------------- package
@@ -375,6 +381,8 @@ def make_submission(
     precision: str = "fp16",
     batch_size: int = 16,
     export: bool = True,
+    pad: str | None = None,
+    crop: bool = False,
 ) -> SubmitResult:
     """Write and validate ``<out>/<label>/`` (see the module docstring).
 
@@ -446,13 +454,15 @@ def make_submission(
 
     names = [bare_name(c.path) for c in eval_clips]
     eval_probs = reorder_columns(
-        predict(deployed, [Path(eval_index.root) / c.path for c in eval_clips], tta=tta, seed=seed, batch_size=batch_size),
+        predict(deployed, [Path(eval_index.root) / c.path for c in eval_clips], tta=tta, seed=seed,
+                batch_size=batch_size, pad=pad, crop=crop),
         loaded.classes,
     )
     results = None
     if dev_clips is not None:
         dev_probs = reorder_columns(
-            predict(deployed, [Path(dev_index.root) / c.path for c in dev_clips], tta=tta, seed=seed, batch_size=batch_size),
+            predict(deployed, [Path(dev_index.root) / c.path for c in dev_clips], tta=tta, seed=seed,
+                    batch_size=batch_size, pad=pad, crop=crop),
             loaded.classes,
         )
         results = results_block([SCENES.index(c.scene) for c in dev_clips], dev_probs, [c.device for c in dev_clips])
@@ -469,6 +479,7 @@ def make_submission(
         "precision": precision,
         "tta": int(tta),
         "seed": int(seed),
+        "clip_length": {"pad": pad, "crop": bool(crop)},  # None/False: each clip at its own length
         "budget": "EXCEEDED (--no-budget)" if over_budget else "within the DCASE 2021 limits",
     }
     for key in ("macs_thop", "macs_torchinfo", "input_shape"):

@@ -146,16 +146,56 @@ def test_edge_audio_loading_equals_library(tmp_path):
 def test_edge_runner_without_torch_equals_sp4sc_infer(export_dir, tmp_path, capsys):
     ckpt, out = export_dir
     files = write_clips(tmp_path / "clips")
-    assert cli_main(["infer", "--ckpt", str(ckpt), "--json", *files]) == 0
+    assert cli_main(["infer", "--ckpt", str(ckpt), "--json", "--pad", "silence", *files]) == 0
     ref = json.loads(capsys.readouterr().out)
     for model in ("model.onnx", "model_waveform.onnx"):
-        res = run_edge("--model", str(out / model), "--json", "--batch-size", "2", *files)
+        res = run_edge("--model", str(out / model), "--json", "--batch-size", "2", "--pad", "silence", *files)
         assert res.returncode == 0, res.stderr
         got = json.loads(res.stdout)
         assert got["classes"] == ref["classes"] and got["files"] == ref["files"] == files
         assert np.abs(np.array(got["probs"]) - np.array(ref["probs"])).max() <= 1e-4, model
     table = run_edge("--model", str(out / "model.onnx"), files[0])
     assert table.returncode == 0 and table.stdout.startswith(files[0] + "\t")
+
+
+@pytest.mark.parametrize("options", [[], ["--pad", "repeat"], ["--pad", "repeat", "--crop"]], ids=["own", "repeat", "crop"])
+def test_edge_runner_clip_length_equals_sp4sc_infer(export_dir, tmp_path, capsys, options):
+    ckpt, out = export_dir
+    files = write_clips(tmp_path / "clips")  # 1.4 s, 0.8 s and 0.19 s; trained on 1 s
+    usable = files[:2] if not options else files  # own length: the 0.19 s clip is too short for the model
+    assert cli_main(["infer", "--ckpt", str(ckpt), "--json", *options, *usable]) == 0
+    cap = capsys.readouterr()
+    ref = json.loads(cap.out)
+    res = run_edge("--model", str(out / "model.onnx"), "--json", *options, *usable)
+    assert res.returncode == 0, res.stderr
+    assert np.abs(np.array(json.loads(res.stdout)["probs"]) - np.array(ref["probs"])).max() <= 1e-4
+    lib_note = [ln.split("clip length: ", 1)[1] for ln in cap.err.splitlines() if "clip length: " in ln]
+    edge_note = [ln.split("clip length: ", 1)[1] for ln in res.stderr.splitlines() if "clip length: " in ln]
+    assert len(lib_note) == 1 and lib_note == edge_note  # one line per run, the same words
+
+
+def test_edge_too_short_clip_is_one_line_naming_the_fix(export_dir, tmp_path, edge):
+    _, out = export_dir
+    short = write_clips(tmp_path / "c")[2]  # 0.19 s
+    one_line_error(edge("--model", str(out / "model.onnx"), short), "short.flac", "--pad silence or --pad repeat")
+    assert edge("--model", str(out / "model.onnx"), "--pad", "silence", short).returncode == 0
+
+
+def test_fit_clip_twins_agree():
+    from sp4sc.audio import ClipLengths, fit_clip
+
+    x = np.arange(1, 8, dtype=np.float32)
+    for n in (3, 7, 16):
+        for pad in (None, "silence", "repeat"):
+            for crop in (False, True):
+                np.testing.assert_array_equal(edge_frontend.fit_clip(x, n, pad, crop), fit_clip(x, n, pad=pad, crop=crop))
+    for pad, crop in ((None, False), ("repeat", False), ("silence", True)):
+        a, b = ClipLengths(16000, 16000, pad, crop), edge_frontend.ClipLengths(16000, 16000, pad, crop)
+        for n_in in (8000, 16000, 24000):
+            n_out = fit_clip(np.zeros(n_in, np.float32), 16000, pad=pad, crop=crop).shape[0]
+            a.add(n_in, n_out)
+            b.add(n_in, n_out)
+        assert a.note() == b.note() and a.note()
 
 
 def test_the_shim_really_blocks_torch(tmp_path):

@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 def test_probs_equal_front_end_plus_model(setup):
     ckpt, files = setup
     loaded = load_model(ckpt)
-    probs = predict_files(loaded, files, batch_size=2)
+    probs = predict_files(loaded, files, batch_size=2, pad="silence", crop=True)  # the trained length
     assert probs.shape == (len(files), len(SCENES)) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     wav = np.stack([load_audio(f, TINY.sample_rate, TINY.duration) for f in files])
@@ -62,10 +62,14 @@ def test_batch_size_does_not_change_results(setup):
 def test_tta_seeded_and_batch_independent(setup):
     ckpt, files = setup
     loaded = load_model(ckpt)
-    plain = predict_files(loaded, files)
-    t1 = predict_files(loaded, files, tta=2, seed=0, batch_size=2)
-    t2 = predict_files(loaded, files, tta=2, seed=0, batch_size=5)
-    t3 = predict_files(loaded, files, tta=2, seed=1, batch_size=5)
+    fit = {"pad": "silence", "crop": True}  # the trained length: the silent tail makes the stripes' effect large
+    plain = predict_files(loaded, files, **fit)
+    t1 = predict_files(loaded, files, tta=2, seed=0, batch_size=2, **fit)
+    t2 = predict_files(loaded, files, tta=2, seed=0, batch_size=5, **fit)
+    t3 = predict_files(loaded, files, tta=2, seed=1, batch_size=5, **fit)
+    own1 = predict_files(loaded, files, tta=2, seed=0, batch_size=2)  # own lengths: batches group equal lengths
+    own2 = predict_files(loaded, files, tta=2, seed=0, batch_size=5)
+    np.testing.assert_allclose(own1, own2, atol=1e-6)
     np.testing.assert_allclose(t1, t2, atol=1e-6)
     assert np.abs(t1 - plain).max() > 1e-4  # the stripes change something
     assert np.abs(t1 - t3).max() > 1e-6  # and depend on the seed
@@ -105,3 +109,78 @@ def test_errors_are_one_line(setup, tmp_path, capsys):
     assert "none.pt" in capsys.readouterr().err
     with pytest.raises(Sp4scError, match="batch-size"):
         predict_files(load_model(ckpt), files, batch_size=0)
+
+
+# ------------------------------------------------------------------ clip length
+
+
+def _own_length_reference(loaded, path, fit=lambda x: x):
+    wav = fit(load_audio(path, TINY.sample_rate, None))
+    with torch.no_grad():
+        return torch.softmax(loaded.model(LogMel(TINY)(torch.from_numpy(wav[None])).unsqueeze(1)).double(), -1)[0].numpy()
+
+
+def test_default_is_each_clips_own_length_said_once(setup, caplog):
+    ckpt, files = setup  # 0.6 ... 1.4 s clips; the model was trained on 1 s
+    loaded = load_model(ckpt)
+    with caplog.at_level("INFO", logger="sp4sc"):
+        probs = predict_files(loaded, files, batch_size=3)
+    ref = np.stack([_own_length_reference(loaded, f) for f in files])
+    assert np.abs(probs - ref).max() <= 1e-5
+    padded = predict_files(loaded, files, batch_size=3, pad="silence", crop=True)
+    assert np.abs(probs - padded).max() > 1e-3  # own length is not the padded/cropped answer
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("clip length:")]
+    assert len(notes) == 2  # one line per run, not one per clip
+    assert "4 of 5 clips ran at their own length (0.60-1.40 s), not the model's trained 1 s" in notes[0]
+    assert "--pad silence|repeat" in notes[0] and "--crop" in notes[0]
+    assert "padded 2 of 5 clips to the model's trained 1 s with silence" in notes[1]
+    assert "cropped 2 of 5 clips to their first 1 s" in notes[1]
+
+
+def test_pad_repeat_and_crop(setup, caplog):
+    from sp4sc.audio import fit_clip
+
+    ckpt, files = setup
+    loaded = load_model(ckpt)
+    n = TINY.n_samples
+    with caplog.at_level("INFO", logger="sp4sc"):
+        probs = predict_files(loaded, files, pad="repeat")
+    short = load_audio(files[0], TINY.sample_rate, None)  # 0.6 s
+    tiled = fit_clip(short, n, pad="repeat")
+    assert tiled.shape == (n,) and np.array_equal(tiled[: short.size], short) and np.array_equal(tiled[short.size :], short[: n - short.size])
+    ref0 = _own_length_reference(loaded, files[0], lambda x: fit_clip(x, n, pad="repeat"))
+    assert np.abs(probs[0] - ref0).max() <= 1e-5
+    ref4 = _own_length_reference(loaded, files[4])  # 1.4 s: no --crop, so its own length
+    assert np.abs(probs[4] - ref4).max() <= 1e-5
+    note = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("clip length:"))
+    assert "by repeating the clip (--pad repeat)" in note and "2 of 5 clips ran at their own length" in note
+    cropped = predict_files(loaded, files[4:], crop=True)
+    assert np.abs(cropped[0] - _own_length_reference(loaded, files[4], lambda x: x[:n])).max() <= 1e-5
+    assert np.array_equal(fit_clip(short, n), short)  # default: untouched
+    with pytest.raises(Sp4scError, match="--pad 'zeros'"):
+        fit_clip(short, n, pad="zeros")
+
+
+def test_too_short_clip_names_the_file_and_the_fix(setup, tmp_path, capsys):
+    ckpt, _ = setup
+    tiny = tmp_path / "blip.wav"
+    sf.write(tiny, np.full(2000, 0.1, dtype=np.float32), TINY.sample_rate)  # 0.125 s: fewer frames than the model needs
+    assert cli_main(["infer", "--ckpt", str(ckpt), str(tiny)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "blip.wav" in err[0] and "--pad silence or --pad repeat" in err[0]
+    assert cli_main(["infer", "--ckpt", str(ckpt), "--pad", "silence", "--json", str(tiny)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["probs"]) == 1
+
+
+def test_submit_takes_the_same_clip_length_options():
+    import argparse
+
+    from sp4sc.commands import infer as infer_cmd
+    from sp4sc.commands import submit as submit_cmd
+
+    def options(mod):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        return {a.dest: (a.choices, a.default, a.help) for a in p._actions if a.dest in ("pad", "crop")}
+
+    assert options(infer_cmd) == options(submit_cmd) and set(options(infer_cmd)) == {"pad", "crop"}

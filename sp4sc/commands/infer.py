@@ -2,6 +2,12 @@
 
 The torch-side twin of ``python export/edge_infer.py``: same audio handling,
 same front end, same output (``--json``: ``{"classes", "files", "probs"}``).
+
+Clip length: each clip runs at its own length (the models accept any number of
+frames). ``--pad silence|repeat`` pads clips shorter than the model's trained
+length up to it, ``--crop`` cuts longer ones; when lengths differ from the trained
+one, a line on stderr says how many clips and what was done. ``sp4sc submit`` and
+the edge runner take the same options with the same meaning.
 """
 
 from __future__ import annotations
@@ -16,7 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     parser.add_argument("--tta", type=int, default=0, help="test-time augmentation passes (SpecAugment; default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TTA stripes (default 0)")
+    add_clip_length_arguments(parser)
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg)")
+
+
+def add_clip_length_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pad`` and ``--crop``, shared by ``infer`` and ``submit`` (the edge runner has the same two)."""
+    parser.add_argument("--pad", choices=("silence", "repeat"), default=None,
+                        help="pad clips shorter than the model's trained length up to it: with silence, or by "
+                             "repeating the clip (default: each clip runs at its own length)")
+    parser.add_argument("--crop", action="store_true",
+                        help="cut clips longer than the model's trained length to their first part of that length "
+                             "(default: each clip runs at its own length)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from sp4sc.infer import format_table, predict_files, result_json
 
     loaded = load_model(args.ckpt)
-    probs = predict_files(loaded, args.files, tta=args.tta, seed=args.seed, batch_size=args.batch_size)
+    probs = predict_files(loaded, args.files, tta=args.tta, seed=args.seed, batch_size=args.batch_size,
+                          pad=args.pad, crop=args.crop)
     if args.json:
         print(json.dumps(result_json(loaded.classes, args.files, probs)))
     else:

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16",
                         help="weight precision the predictions and model_size use (default fp16, the DCASE 2021 counting)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per inference batch")
+    from sp4sc.commands.infer import add_clip_length_arguments
+
+    add_clip_length_arguments(parser)  # as `sp4sc infer`: own length by default (TAU clips are all 10 s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         template=args.template,
         precision=args.precision,
         batch_size=args.batch_size,
+        pad=args.pad,
+        crop=args.crop,
     )
     cx = res.complexity
     print(f"wrote {res.path}/ ({res.rows} evaluation rows), validated: OK")
