@@ -142,6 +142,15 @@ def test_random_init_widths_shapes(variant, dim, batch, seconds):
     assert bundle.model.net.classifier[2].in_features == dim
 
 
+def test_cpu_slices_equal_one_batch(mn04_random, monkeypatch):
+    wav = 0.1 * torch.randn(5, 8000, generator=torch.Generator().manual_seed(2))
+    whole_emb, whole_logits = mn04_random.embed_with_logits(wav)
+    monkeypatch.setattr(mn04_random, "cpu_slice_samples", 16000)  # slices of 2 windows: 2 + 2 + 1
+    emb, logits = mn04_random.embed_with_logits(wav)
+    torch.testing.assert_close(emb, whole_emb, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, whole_logits, rtol=0, atol=1e-6)
+
+
 def test_too_short_window_refused(mn04_random):
     with pytest.raises(Sp4scError, match="too short"):
         mn04_random.embed(torch.zeros(1, 400))
