@@ -1,37 +1,29 @@
-"""Check a DCASE 2021 Task 1A submission package against the challenge's rules.
+"""Check a DCASE 2021 Task 1A submission package: the organisers' rules, and sp4sc's stricter ones.
 
 A package is a folder ``<label>/`` holding ``<label>.output.csv`` (the system
 output) and ``<label>.meta.yaml`` (the system description); ``sp4sc submit``
 also puts the exported ONNX model and ``complexity.json`` beside them, which
 the rules allow in our folder (zip only the two challenge files).
 
-The rules follow the organisers' task 1 submission validator (Tampere
-University, ``dcase2020_task1_submission_validator`` / its later editions) and
-the DCASE 2021 Task 1A meta template; facts only, no code was copied:
+Every rule has an id (shown as ``[rule]`` after each violation) and is one of
 
-* label ``Lastname_INST_task1a_N``: four ``_``-separated parts, the third is
-  ``task1a``, ``N`` in 1..4; the folder, both file prefixes and
-  ``submission.label`` are the same label;
-* output: tab-separated, header ``filename, scene_label`` then the ten scene
-  columns in :data:`sp4sc.constants.SCENES` order; one row per file, unique
-  bare file names ending in ``.wav`` (no ``audio/`` prefix); scene labels among
-  the ten classes; probabilities that parse as floats;
-* meta: the ``submission`` / ``system`` / ``results`` blocks with their
-  required fields, exactly one corresponding author, an abbreviation of at most
-  10 characters, ``total_parameters`` an integer, numeric (or empty) results.
+* **official**: what the organisers' DCASE 2021 Task 1 submission validator
+  (Toni Heittola, ``dcase2021_task1_submission_validator``, task A settings)
+  rejects; facts read from its source, no code copied;
+* **stricter**: sp4sc's own, with the reason in :data:`RULES`. The official tool
+  accepts these, but they break the scoring or the package's consistency.
 
-Stricter than the organisers' tool (they did not check these):
+Some ids hold both (e.g. ``prob-float``: a value that is not a number is
+official, NaN or inf is stricter); each :class:`Violation` says which
+(``official``). ``validate_submission(..., official=True)`` (``sp4sc
+validate-submission --official``) applies the official rules only; the default
+applies both and marks the stricter-only violations.
 
-* probabilities must be finite, lie in [0, 1] and sum to 1 within
-  :data:`SUM_TOL` (1e-3 by default: a file rounded to 4 decimals passes; the
-  organisers' log loss used scikit-learn, which renormalised each row, so
-  rounding did not change scores). ``sp4sc submit`` checks its own files at 1e-6;
-* ``scene_label`` should be the argmax of the row (accuracy is scored on
-  ``scene_label``, log loss on the probabilities; the rules did not require
-  them to agree, so a disagreement is a warning unless ``strict``);
-* with an evaluation folder, the rows are exactly the files of its
-  ``evaluation_setup/fold1_test.csv`` (the organisers checked a fixed count
-  and index range of ``<n>.wav`` names instead).
+Row count: the official tool expects the 7,920 files of the TAU Urban Acoustic
+Scenes 2021 Mobile evaluation set for task 1A, named ``0.wav`` ... ``7919.wav``.
+Without an evaluation folder that is what is checked (``rows`` changes the
+count, e.g. for a small test set); with ``eval_root`` the rows must be exactly
+the files of its ``evaluation_setup/fold1_test.csv``.
 
 Every violation is reported with its file and line, not only the first.
 """
@@ -50,6 +42,7 @@ from sp4sc.errors import Sp4scError
 
 TASK = "task1a"
 HEADER: tuple[str, ...] = ("filename", "scene_label", *SCENES)
+EVAL_ROWS = 7920  # TAU Urban Acoustic Scenes 2021 Mobile, evaluation set: 0.wav ... 7919.wav
 SUM_TOL = 1e-3
 STRICT_SUM_TOL = 1e-6
 MAX_ABBREVIATION = 10
@@ -60,7 +53,7 @@ META_SUFFIX = ".meta.yaml"
 # Required meta fields (DCASE 2021 Task 1A template and validator).
 SUBMISSION_FIELDS = ("label", "name", "abbreviation", "authors")
 AUTHOR_FIELDS = ("lastname", "firstname", "email", "affiliation")
-AFFILIATION_FIELDS = ("abbreviation", "institute")
+AFFILIATION_FIELDS = ("abbreviation", "institute")  # stricter: the official tool checks affiliation is present only
 SYSTEM_FIELDS = ("description", "complexity", "external_datasets", "source_code")
 DESCRIPTION_FIELDS = (
     "input_sampling_rate",
@@ -77,20 +70,95 @@ COMPLEXITY_FIELDS = ("total_parameters", "total_parameters_non_zero", "model_siz
 EXTERNAL_DATASET_FIELDS = ("name", "url", "total_audio_length")
 RESULT_BLOCKS = ("overall", "class_wise", "device_wise")
 METRICS = ("logloss", "accuracy")
+# Required by sp4sc only (the official tool requires the others above):
+STRICTER_FIELDS = {
+    ("system", "description", "complexity_management"),
+    ("system", "complexity", "total_parameters_non_zero"),
+    ("system", "complexity", "model_size"),
+}
+
+OFFICIAL, STRICTER, BOTH = "official", "stricter", "official and stricter"
+
+# rule id -> (scope, what the organisers' tool checks and/or why sp4sc is stricter)
+RULES: dict[str, tuple[str, str]] = {
+    "label-format": (OFFICIAL, "label Lastname_INST_task1a_N: four '_'-separated parts, the third 'task1a', N in 1..4"),
+    "label-chars": (STRICTER, "an empty part, a space, dot or slash in the label breaks the file and folder names "
+                              "built from it (the organisers' tool splits file names on '.')"),
+    "label-mismatch": (OFFICIAL, "both file names start with submission.label (sp4sc: and the folder's name)"),
+    "output-missing": (OFFICIAL, "the system output file exists"),
+    "output-read": (OFFICIAL, "the system output can be read"),
+    "output-encoding": (OFFICIAL, "the system output is UTF-8 text"),
+    "output-bom": (OFFICIAL, "no byte-order mark: the organisers' reader takes it as part of 'filename' and rejects the header"),
+    "output-empty": (OFFICIAL, "a header and data rows"),
+    "output-delimiter": (OFFICIAL, "tab-separated fields"),
+    "output-header": (BOTH, "official: the header names filename, scene_label and the ten scenes; stricter: in the "
+                            "DCASE column order (readers that take columns by position, e.g. a spreadsheet check, "
+                            "misread another order; sp4sc reads them by name)"),
+    "output-blank-line": (OFFICIAL, "no blank line among the rows (the organisers' tool stops on one)"),
+    "output-fields": (OFFICIAL, "12 tab-separated fields per row"),
+    "filename-path": (STRICTER, "bare file names, as in the organisers' example output; their tool strips folders "
+                                "such as 'audio/' itself, other readers do not"),
+    "filename-extension": (OFFICIAL, "file names end in .wav"),
+    "filename-duplicate": (OFFICIAL, "each file once (compared without folders)"),
+    "filename-index": (OFFICIAL, "evaluation set file names are <n>.wav with n in 0..7919"),
+    "eval-count": (OFFICIAL, "one row per evaluation file: 7,920 unique file names for task 1A (or --rows, or the "
+                             "length of --eval-root's list)"),
+    "eval-extra": (STRICTER, "with --eval-root: every row is a file of its fold1_test.csv (the organisers check the "
+                             "count and index range only)"),
+    "eval-missing": (STRICTER, "with --eval-root: every file of its fold1_test.csv has a row"),
+    "scene-label": (OFFICIAL, "scene_label is one of the ten scenes"),
+    "prob-float": (BOTH, "official: each probability parses as a number; stricter: it is finite (NaN and inf parse, "
+                         "but make the log loss NaN or infinite)"),
+    "prob-range": (STRICTER, "probabilities lie in [0, 1]: the log loss is only defined for probabilities"),
+    "prob-sum": (STRICTER, "each row sums to 1 (within --sum-tol): scores that are not a distribution give a "
+                           "log loss that depends on how the scorer renormalises"),
+    "argmax": (STRICTER, "scene_label is the most probable class: accuracy is scored on scene_label and log loss "
+                         "on the probabilities, so a disagreement is a bug somewhere (warning unless --strict)"),
+    "meta-missing-file": (OFFICIAL, "the meta information file exists"),
+    "meta-read": (OFFICIAL, "the meta file can be read"),
+    "meta-encoding": (OFFICIAL, "the meta file is UTF-8 text"),
+    "meta-yaml": (OFFICIAL, "the meta file is valid YAML"),
+    "meta-structure": (OFFICIAL, "the meta file is a mapping with submission, system and results"),
+    "meta-missing": (BOTH, "official: the blocks and fields of the DCASE 2021 task 1A template (system.complexity "
+                           "needs total_parameters only); stricter: affiliation.abbreviation and .institute (the "
+                           "results pages list them), description.complexity_management, "
+                           "complexity.total_parameters_non_zero and model_size (the 2021 budget is 128 KB; the "
+                           "template asks for them)"),
+    "meta-type": (BOTH, "official: total_parameters converts to an integer (62474.0 and '62474' do); stricter: "
+                        "total_parameters is a YAML integer, the other fields have the template's types "
+                        "(text, numbers, lists), results are numbers"),
+    "meta-corresponding": (OFFICIAL, "exactly one corresponding author"),
+    "meta-abbreviation": (OFFICIAL, "submission.abbreviation has at most 10 characters"),
+    "meta-range": (STRICTER, "accuracy is a percentage in [0, 100] and log loss is not negative"),
+    "meta-key": (STRICTER, "class_wise / device_wise name only the ten scenes / nine devices (a typo would leave "
+                           "the real key without results)"),
+    "budget": (STRICTER, "warning: over the DCASE 2021 complexity budget (65,536 parameters, 128 KB)"),
+    "accuracy-fraction": (STRICTER, "warning: accuracies look like fractions, DCASE reports percent"),
+    "results-empty": (STRICTER, "warning: no development results (the organisers highly recommend them)"),
+    "results-partial": (STRICTER, "warning: some development results are empty"),
+}
 
 
 @dataclass(frozen=True)
 class Violation:
-    """One broken rule, located in a file (and a line where one applies)."""
+    """One broken rule, located in a file (and a line where one applies).
+
+    ``official`` is True when the organisers' validator rejects it too, False
+    when only sp4sc's stricter rules do (see :data:`RULES`); ``warning`` marks
+    sp4sc's advice (always stricter, so not tagged as such).
+    """
 
     file: str
     line: int | None
     rule: str
     message: str
+    official: bool = True
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message} [{self.rule}]"
+        tag = self.rule if self.official or self.warning else f"{self.rule}; stricter than the official validator"
+        return f"{where}: {self.message} [{tag}]"
 
 
 @dataclass
@@ -102,55 +170,89 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     warnings: list[Violation] = field(default_factory=list)
     rows: int = 0
+    expected_rows: int | None = None
+    official_only: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def stricter_only(self) -> list[Violation]:
+        """Violations the organisers' validator would accept."""
+        return [v for v in self.violations if not v.official]
+
+    def stricter_reasons(self) -> dict[str, str]:
+        """Rule id -> why sp4sc is stricter, for each stricter-only violation found."""
+        return {v.rule: RULES[v.rule][1] for v in self.stricter_only}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "directory": self.directory,
             "label": self.label,
             "valid": self.ok,
+            "mode": "official" if self.official_only else "strict",
             "rows": self.rows,
+            "expected_rows": self.expected_rows,
             "violations": [dataclasses.asdict(v) for v in self.violations],
+            "stricter_only": len(self.stricter_only),
+            "stricter_reasons": self.stricter_reasons(),
             "warnings": [dataclasses.asdict(w) for w in self.warnings],
         }
 
 
 class _Collector:
-    def __init__(self, report: Report, strict: bool) -> None:
+    def __init__(self, report: Report, strict: bool, official_only: bool = False) -> None:
         self.report = report
         self.strict = strict
+        self.official_only = official_only
 
-    def error(self, file: str, line: int | None, rule: str, message: str) -> None:
-        self.report.violations.append(Violation(file, line, rule, message))
+    def error(self, file: str, line: int | None, rule: str, message: str, official: bool | None = None) -> None:
+        """Record a violation; ``official`` defaults to the rule's scope (required for mixed rules)."""
+        scope = RULES[rule][0]
+        if official is None:
+            if scope == BOTH:
+                raise AssertionError(f"rule {rule} is official and stricter: say which")
+            official = scope == OFFICIAL
+        if self.official_only and not official:
+            return
+        self.report.violations.append(Violation(file, line, rule, message, official))
 
     def warn(self, file: str, line: int | None, rule: str, message: str) -> None:
-        target = self.report.violations if self.strict else self.report.warnings
-        target.append(Violation(file, line, rule, message))
+        """sp4sc's advice: a warning, or a stricter-only violation with ``strict``; dropped in official mode."""
+        if self.official_only:
+            return
+        if self.strict:
+            self.report.violations.append(Violation(file, line, rule, message, False))
+        else:
+            self.report.warnings.append(Violation(file, line, rule, message, False, warning=True))
 
 
 # ----------------------------------------------------------------------------- label
 
 
-def label_problems(label: str) -> list[str]:
-    """What is wrong with a submission label (empty when it is well formed)."""
+def label_checks(label: str) -> list[tuple[str, str]]:
+    """``(rule, message)`` for each problem of a submission label (empty when it is well formed)."""
     parts = label.split("_")
     if len(parts) != 4:
-        return [f"label {label!r} has {len(parts)} '_'-separated parts; expected 4: Lastname_INST_{TASK}_N"]
+        return [("label-format", f"label {label!r} has {len(parts)} '_'-separated parts; expected 4: Lastname_INST_{TASK}_N")]
     problems = []
     lastname, inst, task, index = parts
     for name, value in (("last name", lastname), ("institute abbreviation", inst)):
         if not value:
-            problems.append(f"label {label!r}: the {name} part is empty")
+            problems.append(("label-chars", f"label {label!r}: the {name} part is empty"))
         elif any(c.isspace() or c in "/\\." for c in value):
-            problems.append(f"label {label!r}: the {name} part {value!r} has spaces, dots or slashes")
+            problems.append(("label-chars", f"label {label!r}: the {name} part {value!r} has spaces, dots or slashes"))
     if task != TASK:
-        problems.append(f"label {label!r}: third part is {task!r}; expected {TASK!r}")
+        problems.append(("label-format", f"label {label!r}: third part is {task!r}; expected {TASK!r}"))
     if not (index.isdigit() and 1 <= int(index) <= 4):
-        problems.append(f"label {label!r}: submission index {index!r} must be 1, 2, 3 or 4")
+        problems.append(("label-format", f"label {label!r}: submission index {index!r} must be 1, 2, 3 or 4"))
     return problems
+
+
+def label_problems(label: str) -> list[str]:
+    """What is wrong with a submission label (empty when it is well formed)."""
+    return [message for _, message in label_checks(label)]
 
 
 # ----------------------------------------------------------------------------- eval list
@@ -199,8 +301,19 @@ def check_output(
     *,
     expected: list[str] | None = None,
     sum_tol: float = SUM_TOL,
+    rows: int | None = EVAL_ROWS,
 ) -> int:
-    """Check ``<label>.output.csv``; returns the number of data rows."""
+    """Check ``<label>.output.csv``; returns the number of data rows.
+
+    Args:
+        path: the output file.
+        col: where violations go.
+        expected: the bare file names of the evaluation list (``eval_root``), or None.
+        sum_tol: tolerance on each row's probability sum.
+        rows: without ``expected``, the number of unique files the output must list
+            (:data:`EVAL_ROWS`: the TAU 2021 evaluation set, whose names are also
+            checked to be ``0.wav`` ... ``7919.wav``); None: no count check.
+    """
     name = str(path)
     try:
         raw = path.read_bytes()
@@ -213,7 +326,8 @@ def check_output(
         col.error(name, None, "output-encoding", f"not UTF-8 text (byte {exc.start}); write it as UTF-8")
         return 0
     if text.startswith("\ufeff"):
-        col.warn(name, 1, "output-bom", "starts with a byte-order mark; some readers take it as part of 'filename'")
+        col.error(name, 1, "output-bom", "starts with a byte-order mark, which readers take as part of 'filename'; "
+                                        "save the file as UTF-8 without BOM")
         text = text[1:]
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -223,17 +337,28 @@ def check_output(
         col.error(name, None, "output-empty", "file is empty; expected a header and one row per evaluation file")
         return 0
 
-    header = lines[0].split("\t")
+    header = [h.strip() for h in lines[0].split("\t")]
+    # column of each scene's probability: by name when the header names them all, else by position
+    columns = {scene: 2 + k for k, scene in enumerate(SCENES)}
     if len(header) == 1 and ("," in lines[0] or ";" in lines[0]):
         col.error(name, 1, "output-delimiter", "header is not tab-separated (found ',' or ';'); use tabs")
-    elif tuple(h.strip() for h in header) != HEADER:
-        col.error(
-            name, 1, "output-header",
-            f"header is {lines[0]!r}; expected exactly {_TAB.join(HEADER)!r} (tab-separated, this order)",
-        )
+    elif sorted(header) != sorted(HEADER):
+        missing = [h for h in HEADER if h not in header]
+        extra = [h for h in header if h not in HEADER or header.count(h) > 1]
+        what = "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                     f"unknown or repeated {sorted(set(extra))}" if extra else "") if p)
+        col.error(name, 1, "output-header", f"header is {lines[0]!r} ({what}); expected {_TAB.join(HEADER)!r} "
+                                            "(tab-separated)", official=True)
+    elif tuple(header) != HEADER:
+        col.error(name, 1, "output-header", f"header is {lines[0]!r}; expected this order: {_TAB.join(HEADER)!r}",
+                  official=False)
+        columns = {scene: header.index(scene) for scene in SCENES}
+    name_col = header.index("filename") if "filename" in header and header.count("filename") == 1 else 0
+    scene_col = header.index("scene_label") if "scene_label" in header and header.count("scene_label") == 1 else 1
 
     seen: dict[str, int] = {}
     n_rows = 0
+    eval_set = expected is None and rows == EVAL_ROWS
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             col.error(name, lineno, "output-blank-line", "blank line inside the file; remove it")
@@ -242,25 +367,40 @@ def check_output(
         fields = line.split("\t")
         if len(fields) != len(HEADER):
             col.error(name, lineno, "output-fields", f"{len(fields)} tab-separated fields; expected {len(HEADER)}")
-            if len(fields) < 2:
+            if len(fields) <= max(name_col, scene_col):
                 continue
-        filename, scene = fields[0], fields[1]
+        filename, scene = fields[name_col], fields[scene_col]
         if "/" in filename or "\\" in filename:
             col.error(name, lineno, "filename-path", f"file name {filename!r} has a folder part; write the bare name (no 'audio/')")
         bare = filename.replace("\\", "/").rsplit("/", 1)[-1]
+        stem = bare[: -len(".wav")]
         if not bare.endswith(".wav"):
             col.error(name, lineno, "filename-extension", f"file name {filename!r} does not end in '.wav'")
+        elif eval_set and not (stem.isdigit() and 0 <= int(stem) < EVAL_ROWS):
+            col.error(name, lineno, "filename-index",
+                      f"file name {filename!r} is not one of the evaluation set's 0.wav ... {EVAL_ROWS - 1}.wav "
+                      "(pass --eval-root, or --rows for another set)")
         if bare in seen:
             col.error(name, lineno, "filename-duplicate", f"file {bare!r} already on line {seen[bare]}")
         else:
             seen[bare] = lineno
         if scene not in SCENES:
             col.error(name, lineno, "scene-label", f"scene label {scene!r} is not one of the 10 classes")
-        probs = []
-        for scene_name, text_value in zip(SCENES, fields[2:]):
+        probs: list[float] | None = []
+        for scene_name in SCENES:
+            k = columns[scene_name]
+            if k >= len(fields):
+                probs = None
+                continue
+            text_value = fields[k]
             value = _parse_prob(text_value)
-            if value is None or not math.isfinite(value):
-                col.error(name, lineno, "prob-float", f"{scene_name}={text_value!r} is not a finite number")
+            if value is None:
+                col.error(name, lineno, "prob-float", f"{scene_name}={text_value!r} is not a number", official=True)
+                probs = None
+                continue
+            if not math.isfinite(value):
+                col.error(name, lineno, "prob-float", f"{scene_name}={text_value!r} is not a finite number",
+                          official=False)
                 probs = None
                 continue
             if not 0.0 <= value <= 1.0:
@@ -289,6 +429,12 @@ def check_output(
         missing = [f for f in expected if f not in seen]
         for f in missing:
             col.error(name, None, "eval-missing", f"evaluation file {f!r} has no row")
+        rows = len(expected_set)
+    if rows is not None and n_rows and len(seen) != rows:
+        which = ("the TAU 2021 evaluation set for task 1A (--rows N for another set, --eval-root for an exact list)"
+                 if expected is None and rows == EVAL_ROWS else
+                 "the evaluation list fold1_test.csv" if expected is not None else "--rows")
+        col.error(name, None, "eval-count", f"{len(seen):,} unique file names; expected {rows:,}, the files of {which}")
     return n_rows
 
 
@@ -326,6 +472,17 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _converts_to_int(v: Any) -> bool:
+    """What the organisers' tool asks of total_parameters: ``int(v)`` works."""
+    if v is None:
+        return False
+    try:
+        int(v)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _is_text(v: Any) -> bool:
@@ -369,14 +526,16 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
     def need_mapping(parent: dict, keys: tuple, required: tuple[str, ...]) -> dict | None:
         value = parent.get(keys[-1]) if isinstance(parent, dict) else None
         if keys[-1] not in parent:
-            col.error(name, line(*keys[:-1]) if len(keys) > 1 else None, "meta-missing", f"'{dotted(keys)}' block is missing")
+            col.error(name, line(*keys[:-1]) if len(keys) > 1 else None, "meta-missing", f"'{dotted(keys)}' block is missing",
+                      official=keys not in STRICTER_FIELDS)
             return None
         if not isinstance(value, dict):
-            col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must be a mapping")
+            col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must be a mapping", official=True)
             return None
         for f in required:
             if f not in value:
-                col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no required field '{f}'")
+                col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no required field '{f}'",
+                          official=keys + (f,) not in STRICTER_FIELDS)
         return value
 
     # submission
@@ -384,10 +543,11 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
     if sub is not None:
         for f in ("label", "name", "abbreviation"):
             if f in sub and not _is_text(sub[f]):
-                col.error(name, line("submission", f), "meta-type", f"'submission.{f}' must be non-empty text")
+                col.error(name, line("submission", f), "meta-type", f"'submission.{f}' must be non-empty text",
+                          official=False)
         if isinstance(sub.get("label"), str):
-            for problem in label_problems(sub["label"]):
-                col.error(name, line("submission", "label"), "label-format", problem)
+            for rule, problem in label_checks(sub["label"]):
+                col.error(name, line("submission", "label"), rule, problem)
             if sub["label"] != label:
                 col.error(name, line("submission", "label"), "label-mismatch",
                           f"submission.label {sub['label']!r} differs from the package label {label!r}")
@@ -397,31 +557,35 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
         authors = sub.get("authors")
         if "authors" in sub:
             if not isinstance(authors, list) or not authors:
-                col.error(name, line("submission", "authors"), "meta-type", "'submission.authors' must be a non-empty list")
+                col.error(name, line("submission", "authors"), "meta-type", "'submission.authors' must be a non-empty list",
+                          official=True)  # the official tool then finds no corresponding author
             else:
                 corresponding = 0
                 for i, author in enumerate(authors):
                     where = line("submission", "authors", i)
                     if not isinstance(author, dict):
-                        col.error(name, where, "meta-type", f"'submission.authors[{i}]' must be a mapping")
+                        col.error(name, where, "meta-type", f"'submission.authors[{i}]' must be a mapping", official=True)
                         continue
                     for f in AUTHOR_FIELDS:
                         if f not in author:
-                            col.error(name, where, "meta-missing", f"'submission.authors[{i}]' has no required field '{f}'")
+                            col.error(name, where, "meta-missing", f"'submission.authors[{i}]' has no required field '{f}'",
+                                      official=True)
                     for f in ("lastname", "firstname", "email"):
                         if f in author and not _is_text(author[f]):
                             col.error(name, line("submission", "authors", i, f), "meta-type",
-                                      f"'submission.authors[{i}].{f}' must be non-empty text")
+                                      f"'submission.authors[{i}].{f}' must be non-empty text", official=False)
                     aff = author.get("affiliation")
                     if "affiliation" in author:
                         if not isinstance(aff, dict):
                             col.error(name, line("submission", "authors", i, "affiliation"), "meta-type",
-                                      f"'submission.authors[{i}].affiliation' must be a mapping (abbreviation, institute, ...)")
+                                      f"'submission.authors[{i}].affiliation' must be a mapping (abbreviation, institute, ...)",
+                                      official=False)
                         else:
                             for f in AFFILIATION_FIELDS:
                                 if not _is_text(aff.get(f)):
                                     col.error(name, line("submission", "authors", i, "affiliation"), "meta-missing",
-                                              f"'submission.authors[{i}].affiliation.{f}' must be non-empty text")
+                                              f"'submission.authors[{i}].affiliation.{f}' must be non-empty text",
+                                              official=False)
                     if author.get("corresponding") is True:
                         corresponding += 1
                 if corresponding != 1:
@@ -436,25 +600,29 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
             count = desc.get("ensemble_method_subsystem_count")
             if count is not None and not (_is_int(count) and count >= 1):
                 col.error(name, line("system", "description", "ensemble_method_subsystem_count"), "meta-type",
-                          "'system.description.ensemble_method_subsystem_count' must be a positive integer or null")
+                          "'system.description.ensemble_method_subsystem_count' must be a positive integer or null",
+                          official=False)
             for f in DESCRIPTION_FIELDS:
                 v = desc.get(f)
                 if isinstance(v, (dict, list)):
                     col.error(name, line("system", "description", f), "meta-type",
-                              f"'system.description.{f}' must be text, a number or null")
+                              f"'system.description.{f}' must be text, a number or null", official=False)
         cx = need_mapping(system, ("system", "complexity"), COMPLEXITY_FIELDS) if "complexity" in system else None
         if cx is not None:
             for f in ("total_parameters", "total_parameters_non_zero"):
                 if f in cx and not (_is_int(cx[f]) and cx[f] >= 0):
+                    # the organisers' tool only asks int(total_parameters) to work (62474.0 and '62474' do)
                     col.error(name, line("system", "complexity", f), "meta-type",
-                              f"'system.complexity.{f}' must be a non-negative integer (got {cx[f]!r})")
+                              f"'system.complexity.{f}' must be a non-negative integer (got {cx[f]!r})",
+                              official=f == "total_parameters" and not _converts_to_int(cx[f]))
             if "model_size" in cx and not (_is_number(cx["model_size"]) and cx["model_size"] >= 0):
                 col.error(name, line("system", "complexity", "model_size"), "meta-type",
-                          f"'system.complexity.model_size' must be a non-negative number of KB (got {cx['model_size']!r})")
+                          f"'system.complexity.model_size' must be a non-negative number of KB (got {cx['model_size']!r})",
+                          official=False)
             if _is_int(cx.get("total_parameters")) and _is_int(cx.get("total_parameters_non_zero")):
                 if cx["total_parameters_non_zero"] > cx["total_parameters"]:
                     col.error(name, line("system", "complexity", "total_parameters_non_zero"), "meta-type",
-                              "'total_parameters_non_zero' exceeds 'total_parameters'")
+                              "'total_parameters_non_zero' exceeds 'total_parameters'", official=False)
             if _is_int(cx.get("total_parameters")) and cx["total_parameters"] > BUDGET_PARAMS:
                 col.warn(name, line("system", "complexity", "total_parameters"), "budget",
                          f"{cx['total_parameters']} parameters: over the DCASE 2021 limit of {BUDGET_PARAMS}")
@@ -464,16 +632,18 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
         ext = system.get("external_datasets")
         if ext not in (None, "") and not isinstance(ext, list):
             col.error(name, line("system", "external_datasets"), "meta-type",
-                      "'system.external_datasets' must be a list of {name, url, total_audio_length} (or empty)")
+                      "'system.external_datasets' must be a list of {name, url, total_audio_length} (or empty)",
+                      official=False)
         elif isinstance(ext, list):
             for i, item in enumerate(ext):
                 missing = [f for f in EXTERNAL_DATASET_FIELDS if not isinstance(item, dict) or f not in item]
                 if missing:
                     col.error(name, line("system", "external_datasets", i), "meta-missing",
-                              f"'system.external_datasets[{i}]' has no field(s) {', '.join(missing)}")
+                              f"'system.external_datasets[{i}]' has no field(s) {', '.join(missing)}", official=True)
         src = system.get("source_code")
         if src is not None and not isinstance(src, str):
-            col.error(name, line("system", "source_code"), "meta-type", "'system.source_code' must be a URL text (or empty)")
+            col.error(name, line("system", "source_code"), "meta-type", "'system.source_code' must be a URL text (or empty)",
+                      official=False)
 
     # results
     results = need_mapping(meta, ("results",), ("development_dataset",))
@@ -487,18 +657,21 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
             def metric_block(keys: tuple, block) -> None:
                 nonlocal empty, total
                 if not isinstance(block, dict):
-                    col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must map logloss and accuracy")
+                    col.error(name, line(*keys), "meta-type", f"'{dotted(keys)}' must map logloss and accuracy",
+                              official=True)
                     return
                 for m in METRICS:
                     if m not in block:
-                        col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no '{m}'")
+                        col.error(name, line(*keys), "meta-missing", f"'{dotted(keys)}' has no '{m}'", official=True)
                         continue
                     v = block[m]
                     total += 1
                     if v is None:
                         empty += 1
                     elif not _is_number(v):
-                        col.error(name, line(*keys, m), "meta-type", f"'{dotted(keys + (m,))}' must be a number (got {v!r})")
+                        # the organisers' tool prints "not numeric" but does not count it as an error
+                        col.error(name, line(*keys, m), "meta-type", f"'{dotted(keys + (m,))}' must be a number (got {v!r})",
+                                  official=False)
                     elif m == "accuracy" and not 0 <= v <= 100:
                         col.error(name, line(*keys, m), "meta-range", f"'{dotted(keys + (m,))}' = {v} is not a percentage in [0, 100]")
                     elif m == "accuracy":
@@ -514,11 +687,13 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
                     continue
                 block = dev[block_name]
                 if not isinstance(block, dict):
-                    col.error(name, line(*base, block_name), "meta-type", f"'{dotted(base + (block_name,))}' must be a mapping")
+                    col.error(name, line(*base, block_name), "meta-type", f"'{dotted(base + (block_name,))}' must be a mapping",
+                              official=True)
                     continue
                 for k in keys_required:
                     if k not in block:
-                        col.error(name, line(*base, block_name), "meta-missing", f"'{dotted(base + (block_name,))}' has no '{k}'")
+                        col.error(name, line(*base, block_name), "meta-missing", f"'{dotted(base + (block_name,))}' has no '{k}'",
+                                  official=True)
                 for k, v in block.items():
                     if k not in keys_required:
                         col.error(name, line(*base, block_name, k), "meta-key",
@@ -545,18 +720,26 @@ def validate_submission(
     label: str | None = None,
     sum_tol: float = SUM_TOL,
     strict: bool = False,
+    official: bool = False,
+    rows: int | None = EVAL_ROWS,
 ) -> Report:
     """Check a submission package folder; every violation is collected.
 
     Args:
         directory: the package folder ``<label>/``.
         eval_root: a TAU evaluation folder; its ``evaluation_setup/fold1_test.csv``
-            must list exactly the rows of the output.
+            must list exactly the rows of the output (then ``rows`` is not used).
         label: the label to expect (default: the folder's name; ``sp4sc submit``
             passes it while the package is still in a temporary folder).
         sum_tol: tolerance on the sum of each row's probabilities.
         strict: treat warnings (scene_label not the argmax, empty results,
             over budget) as violations.
+        official: apply only the rules the organisers' validator enforces
+            (:data:`RULES`); no warnings.
+        rows: without ``eval_root``, the number of unique files the output must
+            list: :data:`EVAL_ROWS` (7,920, the TAU 2021 evaluation set for task 1A,
+            whose file names ``0.wav`` ... ``7919.wav`` are checked too) unless told
+            otherwise (a small test set); None: no count check.
 
     Raises:
         Sp4scError: the folder or the evaluation list cannot be read at all.
@@ -564,13 +747,16 @@ def validate_submission(
     directory = Path(directory)
     if not directory.is_dir():
         raise Sp4scError(f"{directory}: not a folder; give the package folder <label>/ (e.g. submissions/Lastname_INST_task1a_1)")
+    if rows is not None and rows < 1:
+        raise Sp4scError(f"--rows {rows}: must be a positive number of evaluation files")
     expected = eval_file_names(eval_root) if eval_root is not None else None
     label = label or directory.name
-    report = Report(directory=str(directory), label=label)
-    col = _Collector(report, strict)
+    report = Report(directory=str(directory), label=label, official_only=official,
+                    expected_rows=len(set(expected)) if expected is not None else rows)
+    col = _Collector(report, strict and not official, official)
 
-    for problem in label_problems(label):
-        col.error(str(directory), None, "label-format", problem)
+    for rule, problem in label_checks(label):
+        col.error(str(directory), None, rule, problem)
 
     names = sorted(p.name for p in directory.iterdir() if p.is_file())
     for n in names:
@@ -583,7 +769,7 @@ def validate_submission(
     if not output.is_file():
         col.error(str(output), None, "output-missing", f"system output {output.name} is missing")
     else:
-        report.rows = check_output(output, col, expected=expected, sum_tol=sum_tol)
+        report.rows = check_output(output, col, expected=expected, sum_tol=sum_tol, rows=rows)
     if not meta.is_file():
         col.error(str(meta), None, "meta-missing-file", f"meta information {meta.name} is missing")
     else:

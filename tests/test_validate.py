@@ -237,9 +237,9 @@ def test_scene_label_not_argmax_is_a_warning_or_strict_violation(pkg):
         return f
 
     edit_row(pkg, 3, wrong_label)
-    loose = validate_submission(pkg)
+    loose = validate_submission(pkg, rows=N)
     assert loose.ok and [w.rule for w in loose.warnings] == ["argmax"] and loose.warnings[0].line == 3
-    strict = validate_submission(pkg, strict=True)
+    strict = validate_submission(pkg, strict=True, rows=N)
     assert [v.rule for v in strict.violations] == ["argmax"]
 
 
@@ -248,8 +248,8 @@ def test_sum_tolerance_is_configurable(pkg):
     edit_row(pkg, 2, lambda f: f[:2] + [f"{float(v):.4f}" for v in f[2:]])
     total = sum(float(v) for v in _csv(pkg).read_text().split("\n")[1].split("\t")[2:])
     assert abs(total - 1) > 1e-6  # random probabilities: rounding moved the sum
-    assert validate_submission(pkg).ok
-    assert [v.rule for v in validate_submission(pkg, sum_tol=1e-6).violations] == ["prob-sum"]
+    assert validate_submission(pkg, rows=N).ok
+    assert [v.rule for v in validate_submission(pkg, sum_tol=1e-6, rows=N).violations] == ["prob-sum"]
 
 
 def test_accuracy_as_fraction_warns(pkg):
@@ -259,14 +259,14 @@ def test_accuracy_as_fraction_warns(pkg):
             block["accuracy"] = block["accuracy"] / 100
 
     edit_meta(pkg, to_fraction)
-    report = validate_submission(pkg)
+    report = validate_submission(pkg, rows=N)
     assert report.ok and [w.rule for w in report.warnings] == ["accuracy-fraction"]
 
 
 def test_empty_results_warn(tmp_path):
     pkg = write_package(tmp_path)
     edit_meta(pkg, lambda m: m["results"]["development_dataset"]["overall"].update(logloss=None, accuracy=None))
-    report = validate_submission(pkg)
+    report = validate_submission(pkg, rows=N)
     assert report.ok and [w.rule for w in report.warnings] == ["results-partial"]
 
 
@@ -288,12 +288,12 @@ def test_cli_exit_codes_and_lines(pkg, tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     edit_row(pkg, 2, lambda f: _set(f, 1, "beach"))
     edit_row(pkg, 3, lambda f: _set(f, 0, "a.mp3"))
-    assert main(["validate-submission", str(pkg)]) == 4
+    assert main(["validate-submission", str(pkg), "--rows", str(N)]) == 4
     out = capsys.readouterr().out.strip().splitlines()
     assert any(":2: " in ln and "[scene-label]" in ln for ln in out)
     assert any(":3: " in ln and "[filename-extension]" in ln for ln in out)
     assert out[-1].startswith("INVALID") and "2 violation(s)" in out[-1]
-    assert main(["validate-submission", str(pkg), "--json"]) == 4
+    assert main(["validate-submission", str(pkg), "--json", "--rows", str(N)]) == 4
     data = json.loads(capsys.readouterr().out)
     assert data["valid"] is False and {v["rule"] for v in data["violations"]} == {"scene-label", "filename-extension"}
 
@@ -319,3 +319,152 @@ def test_copy_of_package_under_other_name_fails(pkg, tmp_path):
     shutil.copytree(pkg, other)
     rules = {v.rule for v in validate_submission(other).violations}
     assert {"label-mismatch", "output-missing", "meta-missing-file"} <= rules
+
+
+# ---------------------------------------------------------------- official vs stricter rules
+
+
+def _audio_prefix(fields):
+    fields[0] = "audio/" + fields[0]
+    return fields
+
+
+def _reorder_columns(pkg):
+    """Swap the airport and bus columns in the header and in every row: same content, another order."""
+    path = _csv(pkg)
+    lines = path.read_text().rstrip("\n").split("\n")
+    out = []
+    for ln in lines:
+        f = ln.split("\t")
+        f[2], f[3] = f[3], f[2]
+        out.append("\t".join(f))
+    path.write_text("\n".join(out) + "\n")
+
+
+def _drop(*keys):
+    def fn(m):
+        node = m
+        for k in keys[:-1]:
+            node = node[k]
+        node.pop(keys[-1])
+    return fn
+
+
+# what the organisers' DCASE 2021 task 1 validator accepts and sp4sc (by default) does not
+OFFICIALLY_ACCEPTED = {
+    "audio/ in file names": (lambda p: edit_row(p, 3, _audio_prefix), "filename-path"),
+    "columns in another order": (_reorder_columns, "output-header"),
+    "total_parameters: 62474.0": (
+        lambda p: edit_meta(p, lambda m: m["system"]["complexity"].update(total_parameters=62474.0)), "meta-type"),
+    "no model_size": (lambda p: edit_meta(p, _drop("system", "complexity", "model_size")), "meta-missing"),
+    "no complexity_management": (
+        lambda p: edit_meta(p, _drop("system", "description", "complexity_management")), "meta-missing"),
+    "no affiliation.institute": (
+        lambda p: edit_meta(p, lambda m: m["submission"]["authors"][0]["affiliation"].pop("institute")), "meta-missing"),
+    "NaN probability": (lambda p: edit_row(p, 2, lambda f: _set(f, 4, "nan")), "prob-float"),
+    "probabilities not summing to 1": (lambda p: edit_row(p, 7, _scale_row), "prob-sum"),
+}
+
+
+@pytest.mark.parametrize("case", list(OFFICIALLY_ACCEPTED), ids=list(OFFICIALLY_ACCEPTED))
+def test_official_mode_accepts_what_the_organisers_tool_accepts(pkg, case):
+    mutate, rule = OFFICIALLY_ACCEPTED[case]
+    mutate(pkg)
+    official = validate_submission(pkg, official=True, rows=N)
+    assert official.ok, [str(v) for v in official.violations]
+    assert official.warnings == [] and official.official_only
+    strict = validate_submission(pkg, rows=N)
+    assert [v.rule for v in strict.violations] == [rule] and strict.stricter_only == strict.violations
+    assert "stricter than the official validator" in str(strict.violations[0])
+    assert strict.stricter_reasons()[rule]
+
+
+def test_columns_in_another_order_are_read_by_name(pkg):
+    _reorder_columns(pkg)
+    edit_row(pkg, 4, lambda f: _set(f, 2, "x"))  # now the bus column, by the header
+    hits = [v for v in validate_submission(pkg, official=True, rows=N).violations]
+    assert [(v.rule, v.line) for v in hits] == [("prob-float", 4)] and "bus='x'" in hits[0].message
+
+
+@pytest.mark.parametrize("case", ["scene-label", "filename-duplicate", "label-format (task1b)", "meta-corresponding",
+                                  "meta-abbreviation", "output-fields", "meta-type (total_parameters text)",
+                                  "meta-missing (device s3)", "output-header (missing column)"])
+def test_official_mode_still_rejects_the_official_rules(pkg, case):
+    if case == "output-header (missing column)":
+        rule = "output-header"
+        edit_row(pkg, 1, lambda f: _set(f, 3, "buss"))
+    else:
+        key = next(k for k in MUTATIONS if k == case or k.startswith(case + " "))
+        rule, mutate, _ = MUTATIONS[key]
+        pkg = mutate(pkg)
+    report = validate_submission(pkg, official=True, rows=N)
+    assert rule in {v.rule for v in report.violations if v.official}, [str(v) for v in report.violations]
+    assert all(v.official for v in report.violations)
+
+
+def test_without_an_eval_root_the_evaluation_sets_7920_files_are_expected(tmp_path):
+    from sp4sc.validate import EVAL_ROWS
+
+    full = write_package(tmp_path / "full", n=EVAL_ROWS)
+    assert validate_submission(full).ok and validate_submission(full, official=True).ok
+    short = write_package(tmp_path / "short", n=EVAL_ROWS - 1)
+    for official in (False, True):
+        report = validate_submission(short, official=official)
+        assert [v.rule for v in report.violations] == ["eval-count"] and report.violations[0].official
+        assert "7,919 unique file names; expected 7,920" in report.violations[0].message
+    small = write_package(tmp_path / "small")  # 6 rows: a test set, told so
+    assert not validate_submission(small).ok and validate_submission(small, rows=N).ok
+    edit_row(full, 5, lambda f: _set(f, 0, "7920.wav"))
+    (v,) = validate_submission(full, official=True).violations
+    assert (v.rule, v.line) == ("filename-index", 5) and "0.wav ... 7919.wav" in v.message
+
+
+def test_eval_root_count_is_official_the_exact_list_stricter(tmp_path):
+    pkg = write_package(tmp_path, n=N - 1)  # 0..4: one row short of the list 0..5
+    report = validate_submission(pkg, eval_root=write_eval_root(tmp_path))
+    assert {(v.rule, v.official) for v in report.violations} == {("eval-missing", False), ("eval-count", True)}
+    assert [v.rule for v in validate_submission(pkg, eval_root=tmp_path / "eval", official=True).violations] == ["eval-count"]
+
+
+def test_every_rule_in_the_source_is_classified():
+    import ast
+
+    from sp4sc import validate
+    from sp4sc.validate import BOTH, OFFICIAL, RULES, STRICTER
+
+    used = set()
+    for node in ast.walk(ast.parse(Path(validate.__file__).read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("error", "warn") \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "col":
+            rule = node.args[2]
+            if isinstance(rule, ast.Constant):
+                used.add(rule.value)
+            else:
+                assert isinstance(rule, ast.Name) and rule.id == "rule", ast.dump(rule)  # from label_checks
+    used |= {rule for label in ("a_b_task1b_9", "_b.c_task1a_1") for rule, _ in validate.label_checks(label)}
+    assert len(used) > 30 and used <= set(RULES), sorted(used - set(RULES))
+    assert {scope for scope, _ in RULES.values()} == {OFFICIAL, STRICTER, BOTH}
+    assert all(len(why) > 15 for _, why in RULES.values())
+    assert all(len(why) > 40 for scope, why in RULES.values() if scope != OFFICIAL)  # a stricter rule says why
+
+
+def test_cli_official_flag_and_stricter_marks(pkg, capsys):
+    edit_row(pkg, 3, _audio_prefix)
+    edit_row(pkg, 5, lambda f: _set(f, 1, "beach"))
+    assert main(["validate-submission", str(pkg), "--rows", str(N)]) == 4
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(":3: " in ln and "[filename-path; stricter than the official validator]" in ln for ln in out)
+    assert any(":5: " in ln and ln.endswith("[scene-label]") for ln in out)
+    assert any(ln.startswith("stricter rule [filename-path]: ") for ln in out)
+    assert "2 violation(s) (1 of them stricter than the official validator" in out[-1]
+    assert main(["validate-submission", str(pkg), "--rows", str(N), "--official"]) == 4
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [ln for ln in out if "[" in ln and not ln.startswith("INVALID")] == [ln for ln in out if "[scene-label]" in ln]
+    assert "the organisers' rules only" in out[-1]
+    edit_row(pkg, 5, lambda f: _set(f, 1, "bus"))
+    edit_row(pkg, 5, lambda f: _set(f, 1, SCENES[int(np.argmax([float(x) for x in f[2:]]))]))
+    assert main(["validate-submission", str(pkg), "--rows", str(N), "--official", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["valid"] and doc["mode"] == "official" and doc["expected_rows"] == N
+    assert main(["validate-submission", str(pkg), "--official", "--strict"]) == 2
+    assert "--official and --strict" in capsys.readouterr().err

@@ -1,7 +1,11 @@
-"""``sp4sc validate-submission DIR [--eval-root PATH] [--json]``.
+"""``sp4sc validate-submission DIR [--eval-root PATH | --rows N] [--official] [--json]``.
 
-Prints one line per violation (``file:line: message [rule]``) and exits 0 when
-the package is valid, 4 when it breaks a rule (2 when DIR cannot be read).
+Prints one line per violation (``file:line: message [rule]``; rules the
+organisers' validator does not enforce are marked "stricter than the official
+validator", and their reasons follow once) and exits 0 when the package is
+valid, 4 when it breaks a rule (2 when DIR cannot be read). ``--official``
+applies the organisers' rules only. Without ``--eval-root`` the output must list
+the 7,920 files of the TAU 2021 evaluation set (``--rows`` for another count).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="package folder <label>/ holding <label>.output.csv and <label>.meta.yaml")
     parser.add_argument("--eval-root", metavar="PATH",
                         help="TAU evaluation folder: the output must list exactly the files of its evaluation_setup/fold1_test.csv")
+    parser.add_argument("--rows", type=int, default=None, metavar="N",
+                        help="without --eval-root: the number of files the output must list (default 7920, the TAU "
+                             "2021 evaluation set for task 1A, whose names 0.wav ... 7919.wav are checked too)")
+    parser.add_argument("--official", action="store_true",
+                        help="apply only the rules of the organisers' DCASE 2021 task 1 validator (default: those "
+                             "and sp4sc's stricter ones, marked as such)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--sum-tol", type=float, default=None, metavar="TOL",
                         help="tolerance on each row's probability sum (default 1e-3; sp4sc submit uses 1e-6)")
@@ -25,21 +35,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sp4sc.errors import Sp4scError
-    from sp4sc.validate import SUM_TOL, validate_submission
+    from sp4sc.validate import EVAL_ROWS, SUM_TOL, validate_submission
 
     tol = SUM_TOL if args.sum_tol is None else args.sum_tol
     if not tol >= 0:
         raise Sp4scError(f"--sum-tol {args.sum_tol}: must be a non-negative number")
-    report = validate_submission(args.directory, eval_root=args.eval_root, sum_tol=tol, strict=args.strict)
+    if args.rows is not None and args.eval_root is not None:
+        raise Sp4scError("--rows and --eval-root: give one (--eval-root checks the exact list of files)")
+    if args.official and args.strict:
+        raise Sp4scError("--official and --strict: give one (--strict turns sp4sc's warnings into violations)")
+    report = validate_submission(args.directory, eval_root=args.eval_root, sum_tol=tol, strict=args.strict,
+                                 official=args.official, rows=EVAL_ROWS if args.rows is None else args.rows)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else EXIT_INVALID
+    for v in report.violations:
+        print(str(v))
+    for w in report.warnings:
+        print(f"warning: {w}")
+    reasons = report.stricter_reasons()
+    for rule, why in reasons.items():
+        print(f"stricter rule [{rule}]: {why}")
+    rules = "the organisers' rules only" if report.official_only else "the organisers' rules and sp4sc's stricter ones"
+    if report.ok:
+        print(f"OK: {report.directory} is a valid DCASE 2021 Task 1A package ({report.rows} rows, "
+              f"{len(report.warnings)} warnings; {rules})")
     else:
-        for v in report.violations:
-            print(str(v))
-        for w in report.warnings:
-            print(f"warning: {w}")
-        if report.ok:
-            print(f"OK: {report.directory} is a valid DCASE 2021 Task 1A package ({report.rows} rows, {len(report.warnings)} warnings)")
-        else:
-            print(f"INVALID: {report.directory}: {len(report.violations)} violation(s), {len(report.warnings)} warning(s)")
+        stricter = len(report.stricter_only)
+        split = (f" ({stricter} of them stricter than the official validator; --official checks the organisers' "
+                 "rules only)" if stricter else "")
+        print(f"INVALID: {report.directory}: {len(report.violations)} violation(s){split}, "
+              f"{len(report.warnings)} warning(s); {rules}")
     return 0 if report.ok else EXIT_INVALID
