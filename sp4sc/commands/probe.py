@@ -199,10 +199,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from sp4sc.fileio import to_plain
     from sp4sc.log import logger
     from sp4sc.probes.encoders import create_encoder, load_encoder
-    from sp4sc.probes.files import check_files, default_labels_path, embed_files, load_labels, save_npz, top_tags
+    from sp4sc.probes.files import (
+        check_files, default_labels_path, embed_files, load_labels, save_npz, to_json, top_tags,
+    )
     from sp4sc.probes.sweep import RANDOM_INIT_NOTE, check_dts, resolve_device
 
     if args.encoder not in _encoder_names():
@@ -238,9 +239,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_npz(args.out, result, tags)
     if args.json:
-        from sp4sc.probes.files import to_json
-
-        print(json.dumps(to_plain(to_json(result, tags))))
+        print(json.dumps(to_json(result, tags)))
         return 0
     print(f"{result.encoder} ({result.weights[:23]}), {result.dim}-d, dt {result.dt:g} s, hop {result.hop:g} s")
     for i, (name, n) in enumerate(zip(result.files, result.windows)):
