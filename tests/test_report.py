@@ -94,7 +94,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sp4sc_test_writes_figures_into_the_run_folder(tmp_path, capsys):
+def test_sp4sc_test_writes_figures_into_the_run_folder(tmp_path, capsys, caplog, recwarn):
     from pathlib import Path
 
     from sp4sc.cli import main
@@ -115,3 +115,6 @@ def test_sp4sc_test_writes_figures_into_the_run_folder(tmp_path, capsys):
     text = (out / "metrics.md").read_text()
     assert text.startswith("# test split") and "| airport |" in text
     assert "confusion.png" in err and "metrics.md" in err
+    # quiet: Lightning's litlogger advert and torch's LeafSpec deprecation (inside Lightning) stay off the terminal
+    assert not [r for r in caplog.records if "litlogger" in r.getMessage()] and "litlogger" not in err
+    assert not [w for w in recwarn.list if "LeafSpec" in str(w.message)]

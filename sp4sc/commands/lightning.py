@@ -26,6 +26,7 @@ What this wrapper adds to plain LightningCLI:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -155,6 +156,28 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "Tip: ... try installing litlogger" line (an advert, not about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's noise that says nothing about the user's run off the terminal.
+
+    Lightning's litlogger tip (logged at INFO by its rank-zero logger) and torch's
+    ``LeafSpec`` deprecation warning, raised inside Lightning's own pytree helper on
+    every step (nothing a user can change), are dropped; other warnings stay.
+    """
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvert) for f in log.filters):
+            log.addFilter(_NoAdvert())
+
+
 def _first_line(msg: str) -> str:
     lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
     for ln in lines:
@@ -171,6 +194,7 @@ def _make_cli(args: list[str], command: str | None):
 
     cli_cls = _cli_class()
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    quiet_lightning()
     parser_kwargs: dict[str, Any] = {"exit_on_error": False}
     if command is not None:
         parser_kwargs[command] = {"exit_on_error": False}
