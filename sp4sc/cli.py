@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-submission": ("sp4sc.commands.validate", "check a submission package against the DCASE rules"),
     "probe": ("sp4sc.commands.probe", "frozen-embedding linear probes at varying temporal support"),
     "bench": ("sp4sc.commands.bench", "benchmarks: features, train, infer"),
+    "cv": ("sp4sc.commands.cv", "k-fold cross-validation of a recipe, resumable: cv.json, cv.md, cv.png"),
+    "doctor": ("sp4sc.commands.doctor", "versions, CPU features, GPU and extras: the block for a bug report"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -61,7 +63,11 @@ def _dispatch(argv: list[str]) -> int:
     if command not in COMMANDS:
         raise Sp4scError(f"unknown command {command!r}; run `sp4sc --help` for the list")
     module = importlib.import_module(COMMANDS[command][0])
-    parser = argparse.ArgumentParser(prog=f"sp4sc {command}", description=COMMANDS[command][1])
+    if hasattr(module, "main_argv") and not {"-h", "--help"} & set(rest):
+        return module.main_argv(rest) or 0  # commands that pass unknown --key value pairs on (cv)
+    from sp4sc.helptext import PlainHelpParser  # help without reStructuredText markup
+
+    parser = PlainHelpParser(prog=f"sp4sc {command}", description=COMMANDS[command][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     return module.run(args) or 0
@@ -76,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     log.setup(debug)
     try:
-        return _dispatch(argv)
+        from sp4sc import helpcache  # a command's --help that is slow to build is printed from a cache
+
+        return helpcache.run(argv, _dispatch)
     except Sp4scError as exc:
         if debug:
             traceback.print_exc()

@@ -97,6 +97,15 @@ class SceneClassifier(pl.LightningModule):
             the same function and parameters.
         channels_last: channels-last memory format for backbone and inputs (GPU speed).
         log_confusion: add a confusion-matrix figure to TensorBoard after validate/test.
+        cpu_path: when training on a CPU, use the backbone's CPU training path
+            (:mod:`sp4sc.models.cpu_ops` for SP4SC; same function and parameters).
+            None: on whenever the training device is a CPU.
+        compile_backbone: ``torch.compile`` the backbone's training forward on a CPU (fuses
+            BatchNorm, ReLU and pooling passes). None: on when a C++ compiler is found and
+            ``SP4SC_COMPILE`` is not ``0``; a failed compile falls back to eager with a notice.
+        cpu_bf16: bf16 autocast for the training forward on a CPU (fp32 master weights).
+            None: on when the CPU has native bf16 (avx512_bf16 or AMX); asked for on a CPU
+            without it, it switches itself off with a notice.
     """
 
     def __init__(
@@ -116,6 +125,9 @@ class SceneClassifier(pl.LightningModule):
         fast_path: bool = False,
         channels_last: bool = False,
         log_confusion: bool = True,
+        cpu_path: Optional[bool] = None,
+        compile_backbone: Optional[bool] = None,
+        cpu_bf16: Optional[bool] = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -146,6 +158,9 @@ class SceneClassifier(pl.LightningModule):
         self._device_index: dict[str, int] = {}
         self.metrics = nn.ModuleDict()
         self.reports: dict[str, dict[str, Any]] = {}
+        self._train_fn = None  # compiled training forward (kept out of the module tree and state dict)
+        self._train_bf16 = False
+        self.train_setup: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ build
 
@@ -260,6 +275,71 @@ class SceneClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         self._first_train_epoch = True
 
+    def on_fit_start(self) -> None:
+        self.setup_cpu_training()
+
+    def setup_cpu_training(self) -> dict[str, Any]:
+        """Choose the CPU training path, torch.compile and bf16 autocast for this run (a no-op off CPU).
+
+        Returns (and keeps in :attr:`train_setup`) what was chosen, for logs and benchmarks.
+        """
+        from sp4sc import cpu
+        from sp4sc.log import logger as log
+
+        object.__setattr__(self, "_train_fn", None)
+        self._train_bf16 = False
+        setup: dict[str, Any] = {"device": self.device.type, "cpu_path": False, "compile": False, "bf16": False}
+        if self.device.type != "cpu" or self.backbone is None:
+            self.train_setup = setup
+            return setup
+        want_path = self.hparams.get("cpu_path")
+        if want_path is None or want_path:
+            if hasattr(self.backbone, "set_cpu_path"):
+                self.backbone.set_cpu_path(True)
+                setup["cpu_path"] = True
+            elif want_path:
+                log.info("--model.cpu_path: backbone %r has no CPU path; training it as it is",
+                         self.hparams["backbone"])
+        want_compile = self.hparams.get("compile_backbone")
+        if want_compile is None:
+            want_compile = os.environ.get("SP4SC_COMPILE", "1") != "0" and cpu.cxx_compiler() is not None
+        elif want_compile and cpu.cxx_compiler() is None:
+            log.info("torch.compile needs a C++ compiler (g++ or clang++) and none was found: "
+                     "training in eager mode")
+            want_compile = False
+        if want_compile:
+            object.__setattr__(self, "_train_fn", torch.compile(self.backbone, dynamic=False))
+            setup["compile"] = True
+        want_bf16 = self.hparams.get("cpu_bf16")
+        if want_bf16 is None:
+            want_bf16 = cpu.has_native_bf16()
+        elif want_bf16 and not cpu.has_native_bf16():
+            log.info("--model.cpu_bf16: this CPU has no native bf16 (avx512_bf16 or AMX): training in fp32")
+            want_bf16 = False
+        self._train_bf16 = bool(want_bf16)
+        setup["bf16"] = self._train_bf16
+        self.train_setup = setup
+        return setup
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward: compiled and under bf16 autocast where :meth:`setup_cpu_training` chose so."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._train_bf16):
+            fn = self._train_fn
+            if fn is None:
+                return self(x)
+            try:
+                return fn(x)  # (batch, classes)
+            except Sp4scError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - inductor/compiler failures: fall back, never fail
+                from sp4sc.log import logger
+
+                first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                logger.info("torch.compile failed (%s); training in eager mode", first)
+                object.__setattr__(self, "_train_fn", None)
+                self.train_setup["compile"] = False
+                return self(x)
+
     def on_train_epoch_end(self) -> None:
         opt = self.optimizers()
         if not isinstance(opt, list):
@@ -273,7 +353,7 @@ class SceneClassifier(pl.LightningModule):
             x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
         if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
             x = self.spec_augment(x, generator=g)
-        logits = self(x)
+        logits = self._train_forward(x)
         loss = self._loss(logits, target)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
         return loss

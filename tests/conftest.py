@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,8 @@ def tau_meta_root() -> Path:
 @pytest.fixture
 def sp4asc_weights() -> Path:
     return shared_path("weights", "sp4asc")
+
+
+# torch.compile of the training forward costs 20-60 s per shape on 2 cores: tests train eagerly
+# unless a test switches it on itself (SP4SC_COMPILE=1 or --model.compile_backbone true).
+os.environ.setdefault("SP4SC_COMPILE", "0")

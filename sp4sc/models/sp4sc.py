@@ -54,6 +54,7 @@ class SepBlock(nn.Module):
     def __init__(self, cin: int, cout: int, *, fast: bool = False, folded: bool = False):
         super().__init__()
         self.fast = fast
+        self.cpu_path = False  # set by SP4SC.set_cpu_path: custom-backward taps (sp4sc.models.cpu_ops)
         self.ch_conv1 = nn.Conv2d(cin, cout, kernel_size=1, bias=False)
         self.sp_conv1 = nn.Conv2d(
             cout, cout, kernel_size=(TAPS, 1), padding=(PAD, 0), dilation=(DILATION, 1), groups=cout, bias=False
@@ -88,9 +89,21 @@ class SepBlock(nn.Module):
         x = self.ch_conv1(x)  # (batch, cout, frames, mels)
         return F.conv2d(x, k, bias, padding=PAD, groups=k.shape[0])  # (batch, cout, frames, mels)
 
+    def _conv_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        from sp4sc.models import cpu_ops
+
+        w1, w2, bias = self.sp_conv1.weight, self.sp_conv2.weight, self.sp_conv2.bias
+        if self.ch_conv1.in_channels == 1:
+            return cpu_ops.first_block_conv(x, self.ch_conv1.weight, w1, w2, bias)  # (batch, cout, frames, mels)
+        x = self.ch_conv1(x)  # (batch, cout, frames, mels)
+        x = cpu_ops.plus_depthwise(x, w1, w2)  # (batch, cout, frames, mels)
+        return x if bias is None else x + bias.view(1, -1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (batch, cin, frames, mels)
-        if self.fast:
+        if self.cpu_path:
+            x = self._conv_cpu(x)  # (batch, cout, frames, mels)
+        elif self.fast:
             x = self._conv_fast(x)  # (batch, cout, frames, mels)
         else:
             x = self.ch_conv1(x)  # (batch, cout, frames, mels)
@@ -159,6 +172,14 @@ class SP4SC(MelCNN):
         for block in self.blocks:
             block.fast = fast
         self.arch_kwargs["fast"] = fast
+        return self
+
+    def set_cpu_path(self, on: bool = True) -> "SP4SC":
+        """Switch the CPU training path on or off (:mod:`sp4sc.models.cpu_ops`: the depthwise taps with a
+        hand-written backward, the first block as five shifts and a GEMM). Same function and parameters;
+        the state dict and ``arch_kwargs`` do not change."""
+        for block in self.blocks:
+            block.cpu_path = bool(on)
         return self
 
 

@@ -1,0 +1,270 @@
+"""``sp4sc cv``: k-fold cross-validation of a recipe as one resumable command.
+
+    sp4sc cv --config recipes/esc10_sp4sc.yaml --data.root ../shared/data/esc10 --out runs/cv/esc10_sp4sc
+    sp4sc cv --config recipes/esc10_cnn6.yaml --data.root PATH --folds 1 2 --trainer.max_epochs 50
+
+One ``sp4sc fit`` per fold, each in ``<out>/fold<k>/`` (``--data.fold k``,
+``--trainer.default_root_dir <out>/fold<k>``); any other ``--key value`` is
+passed to every fold's fit. Resumable: a fold with ``result.json`` is skipped,
+a fold with ``checkpoints/last.ckpt`` but no result resumes from it
+(``--ckpt_path last``). Each fold's result is the validation of its LAST
+checkpoint (the end of training, not the best epoch: the validation fold is
+the test fold here, so picking the best epoch on it would flatter the score).
+Then ``cv.json`` (per fold and mean +/- std of accuracy, class-averaged
+accuracy, log loss, epochs, wall time), ``cv.md`` and ``cv.png`` (per-fold
+accuracy and the confusion matrix summed over the folds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sp4sc.errors import Sp4scError
+
+ESC_FOLDS = (1, 2, 3, 4, 5)
+RESULT = "result.json"
+WALL = "wall.json"
+
+
+def _pl_callback():
+    import pytorch_lightning as pl
+
+    return pl.Callback
+
+
+class WallClock(_pl_callback()):
+    """Adds each epoch's training wall time to ``<default_root_dir>/wall.json``, so a resumed fold's total
+    counts the time spent before the kill too."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._path = Path(trainer.default_root_dir) / WALL
+        self._base = json.loads(self._path.read_text())["wall_s"] if self._path.is_file() else 0.0
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from sp4sc.fileio import write_json
+
+        if trainer.is_global_zero:
+            write_json(self._path, {"wall_s": self._base + time.perf_counter() - self._t0,
+                                    "epochs": trainer.current_epoch + 1})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the recipe (e.g. recipes/esc10_sp4sc.yaml)")
+    parser.add_argument("--data.root", dest="data_root", required=True,
+                        help="the dataset's root folder (for ESC-10/ESC-50: the folder holding meta/ and audio/)")
+    parser.add_argument("--folds", type=int, nargs="+", default=list(ESC_FOLDS),
+                        help="folds to run, each the validation fold of one fit (default: 1 2 3 4 5)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: runs/cv/<recipe name>); one fold<k>/ per fold inside")
+    parser.epilog = ("Any other --key value (e.g. --trainer.max_epochs 50, --model.lr 3e-3) is passed to "
+                     "every fold's `sp4sc fit`.")
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split ``argv`` into cv's own options and the overrides passed to each fold's fit."""
+    parser = argparse.ArgumentParser(prog="sp4sc cv")
+    add_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    return args, rest
+
+
+def _check_overrides(rest: list[str]) -> None:
+    for i, arg in enumerate(rest):
+        if arg.startswith("--data.fold") or arg.startswith("--trainer.default_root_dir") or arg.startswith(
+                "--ckpt_path"):
+            raise Sp4scError(f"sp4sc cv: {arg.split('=')[0]} is set by cv per fold; use --folds and --out instead")
+        if not arg.startswith("--") and (i == 0 or not rest[i - 1].startswith("--")):
+            raise Sp4scError(f"sp4sc cv: unexpected argument {arg!r}; overrides are --key value pairs "
+                             "(e.g. --trainer.max_epochs 50)")
+
+
+def _fold_args(args: argparse.Namespace, rest: list[str], fold: int, fold_dir: Path) -> list[str]:
+    return ["--config", args.config, "--data.root", args.data_root, *rest, "--data.fold", str(fold),
+            "--trainer.default_root_dir", str(fold_dir)]
+
+
+def _epochs_of(ckpt: Path) -> int:
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return int(state.get("epoch", -1)) + 1
+
+
+def run_fold(args: argparse.Namespace, rest: list[str], fold: int, out: Path) -> dict[str, Any]:
+    """Train (or resume) one fold, validate its last checkpoint, write ``result.json``; return the result."""
+    from sp4sc.commands.lightning import CHECKPOINT_SUBDIR, _make_cli, expand_configs
+    from sp4sc.fileio import write_json
+    from sp4sc.log import logger
+
+    fold_dir = out / f"fold{fold}"
+    result_path = fold_dir / RESULT
+    if result_path.is_file():
+        logger.info("fold %d: done before (%s), skipped", fold, result_path)
+        return json.loads(result_path.read_text(encoding="utf-8"))
+    fold_args = _fold_args(args, rest, fold, fold_dir)
+    last = fold_dir / CHECKPOINT_SUBDIR / "last.ckpt"
+    resumed = last.is_file()
+    logger.info("fold %d: %s in %s", fold, f"resuming from {last}" if resumed else "training", fold_dir)
+    fit_args = fold_args + (["--trainer.callbacks+=sp4sc.commands.cv.WallClock"]
+                            + (["--ckpt_path", "last"] if resumed else []))
+    _make_cli(expand_configs(fit_args), "fit")
+    wall_path = fold_dir / WALL
+    wall = json.loads(wall_path.read_text())["wall_s"] if wall_path.is_file() else float("nan")
+    if not last.is_file():
+        raise Sp4scError(f"fold {fold}: training wrote no {last}; keep the recipe's ModelCheckpoint(save_last=true)")
+    # the fold's score: its last checkpoint on its validation fold
+    cli = _make_cli(expand_configs(fold_args + ["--ckpt_path", str(last)]), "validate")
+    report = cli.model.reports.get("val")
+    if not report:
+        raise Sp4scError(f"fold {fold}: validation of {last} gave no report")
+    overall = report["overall"]
+    result = {
+        "fold": fold,
+        "accuracy": overall.get("micro_accuracy"),
+        "class_avg_accuracy": overall["accuracy"],
+        "logloss": overall["logloss"],
+        "epochs": _epochs_of(last),
+        "wall_s": round(wall, 1),
+        "resumed": resumed,
+        "classes": list(cli.model.classes or []),
+        "confusion": report.get("confusion"),
+        "checkpoint": str(last),
+    }
+    write_json(result_path, result)
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+METRICS = ("accuracy", "class_avg_accuracy", "logloss", "epochs", "wall_s")
+
+
+def summarise(results: list[dict[str, Any]], recipe: str, command: str) -> dict[str, Any]:
+    """Per fold and mean +/- std (sample std) of every metric, and the confusion matrix summed over folds."""
+    from sp4sc.benchmarks.machine import line
+
+    summary: dict[str, Any] = {"recipe": recipe, "command": command, "machine": line(),
+                               "folds": [{k: r[k] for k in ("fold", *METRICS)} for r in results]}
+    for key in METRICS:
+        mean, std = _mean_std([float(r[key]) for r in results])
+        summary.setdefault("mean", {})[key] = mean
+        summary.setdefault("std", {})[key] = std
+    confusions = [r.get("confusion") for r in results]
+    if all(confusions):
+        n = len(confusions[0])
+        summary["confusion"] = [[sum(c[i][j] for c in confusions) for j in range(n)] for i in range(n)]
+        summary["classes"] = results[0].get("classes")
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """``cv.md``: one row per fold, then mean +/- std."""
+    lines = [f"# Cross-validation of `{summary['recipe']}`", "",
+             "| fold | accuracy | class-avg accuracy | log loss | epochs | wall time (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["folds"]:
+        lines.append(f"| {r['fold']} | {100 * r['accuracy']:.1f} % | {100 * r['class_avg_accuracy']:.1f} % | "
+                     f"{r['logloss']:.3f} | {r['epochs']} | {r['wall_s']:.0f} |")
+    m, s = summary["mean"], summary["std"]
+    lines.append(f"| mean +/- std | {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} % | "
+                 f"{100 * m['class_avg_accuracy']:.1f} +/- {100 * s['class_avg_accuracy']:.1f} % | "
+                 f"{m['logloss']:.3f} +/- {s['logloss']:.3f} | {m['epochs']:.0f} | "
+                 f"{sum(r['wall_s'] for r in summary['folds']):.0f} (total) |")
+    lines += ["", f"Command: `{summary['command']}`", "", summary["machine"], ""]
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """``cv.png``: per-fold accuracy (bars, mean line) and the summed confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sp4sc.fileio import atomic_path
+
+    folds = summary["folds"]
+    has_cm = "confusion" in summary
+    fig, axes = plt.subplots(1, 2 if has_cm else 1, figsize=(13 if has_cm else 5, 5),
+                             gridspec_kw={"width_ratios": [1, 2]} if has_cm else None)
+    ax = axes[0] if has_cm else axes
+    acc = [100 * r["accuracy"] for r in folds]
+    ax.bar([str(r["fold"]) for r in folds], acc, color="tab:blue")
+    ax.axhline(100 * summary["mean"]["accuracy"], color="k", ls="--", lw=1,
+               label=f"mean {100 * summary['mean']['accuracy']:.1f} %")
+    ax.set_xlabel("validation fold")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right")
+    ax.set_title("per-fold accuracy")
+    if has_cm:
+        cm = np.asarray(summary["confusion"], dtype=float)
+        classes = summary.get("classes") or [str(i) for i in range(len(cm))]
+        ax = axes[1]
+        ax.imshow(cm, cmap="Blues")
+        for i in range(len(cm)):
+            for j in range(len(cm)):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion, summed over folds")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run_cv(argv: list[str]) -> dict[str, Any]:
+    """Run (or resume) every fold, then write the summaries; return the summary."""
+    from sp4sc.fileio import write_json, write_text
+
+    args, rest = parse(argv)
+    _check_overrides(rest)
+    if not Path(args.config).is_file():
+        raise Sp4scError(f"--config {args.config}: no such file; recipes live in recipes/")
+    if not Path(args.data_root).is_dir():
+        raise Sp4scError(f"--data.root {args.data_root}: no such folder; give the dataset's root folder")
+    folds = list(dict.fromkeys(args.folds))
+    if any(f < 1 for f in folds):
+        raise Sp4scError(f"--folds {args.folds}: folds are numbered from 1")
+    out = Path(args.out) if args.out else Path("runs") / "cv" / Path(args.config).stem
+    results = [run_fold(args, rest, fold, out) for fold in folds]
+    command = "sp4sc cv " + " ".join(shlex.quote(a) for a in argv)
+    summary = summarise(results, args.config, command)
+    write_json(out / "cv.json", summary)
+    write_text(out / "cv.md", markdown(summary))
+    plot(summary, out / "cv.png")
+    return summary | {"out": str(out)}
+
+
+def main_argv(argv: list[str]) -> int:
+    summary = run_cv(argv)
+    m, s = summary["mean"], summary["std"]
+    print(f"{len(summary['folds'])} folds: accuracy {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} %, "
+          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png", flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:  # pragma: no cover - the CLI calls main_argv with the raw argv
+    raise Sp4scError("sp4sc cv: internal error (run through sp4sc.cli)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main_argv(sys.argv[1:]))

@@ -1,0 +1,111 @@
+"""``sp4sc cv``: per-fold fits, resumable after a kill, summaries equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sp4sc.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLER = """
+import os, signal
+from pathlib import Path
+from pytorch_lightning.callbacks import Callback
+
+
+class KillInFold2(Callback):
+    \"\"\"SIGKILL the process in the middle of epoch 1 of fold 2 (after epoch 0's checkpoint).\"\"\"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if Path(trainer.default_root_dir).name == "fold2" and trainer.current_epoch == 1 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def make_esc_toy(root: Path, folds: int = 3, per_class: int = 3) -> Path:
+    """An ESC-50-layout set: ``folds`` folds x 2 classes x ``per_class`` clips of 0.5 s, told apart by pitch."""
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 16000
+    for fold in range(1, folds + 1):
+        for target, (cat, f0) in enumerate((("dog", 500.0), ("rain", 3000.0))):
+            for take in range(per_class):
+                name = f"{fold}-{take}-A-{target}.wav"
+                x = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.05 * rng.standard_normal()) * t)
+                x += 0.05 * rng.standard_normal(t.size)
+                sf.write(str(root / "audio" / name), x.astype(np.float32), 16000)
+                rows.append(f"{name},{fold},{target},{cat},True,{take},A")
+    (root / "meta" / "esc10.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _args(data: Path, cache: Path, out: Path) -> list[str]:
+    return ["--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root", str(data), "--folds", "1", "2",
+            "--out", str(out), "--data.frontend", "demo", "--data.duration", "0.5", "--data.batch_size", "4",
+            "--data.cache_dir", str(cache), "--data.progress", "false", "--data.num_workers", "0",
+            "--model.backbone", "sp4sc_w32", "--model.spec_augment", "[4, 1, 4, 1]", "--trainer.max_epochs", "3",
+            "--trainer.enable_model_summary", "false", "--trainer.logger", "false"]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "cv.json").read_text())
+
+
+@pytest.mark.slow
+def test_cv_killed_and_resumed_equals_uninterrupted(tmp_path):
+    data = make_esc_toy(tmp_path / "esc")
+    cache = tmp_path / "cache"
+    (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-m", "sp4sc", "cv", *_args(data, cache, killed),
+                           "--trainer.callbacks+=killer.KillInFold2"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    fold1 = killed / "fold1"
+    assert (fold1 / "result.json").is_file() and not (killed / "fold2" / "result.json").exists()
+    assert (killed / "fold2" / "checkpoints" / "last.ckpt").is_file()
+    # stdout was a pipe: one plain progress line per epoch
+    epoch_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
+    assert len([ln for ln in epoch_lines if "val_acc" in ln]) >= 3, proc.stdout[-2000:]
+    stamp = {p: p.stat().st_mtime_ns for p in (fold1 / "result.json", fold1 / "checkpoints" / "last.ckpt")}
+
+    assert main(["cv", *_args(data, cache, killed)]) == 0  # resume
+    for p, t in stamp.items():  # the finished fold was not retrained
+        assert p.stat().st_mtime_ns == t, p
+    whole = tmp_path / "whole"
+    assert main(["cv", *_args(data, cache, whole)]) == 0
+
+    a, b = _summary(killed), _summary(whole)
+    for fa, fb in zip(a["folds"], b["folds"]):
+        for key in ("fold", "accuracy", "class_avg_accuracy", "logloss", "epochs"):
+            assert fa[key] == pytest.approx(fb[key], abs=1e-9), (key, fa, fb)
+    assert a["confusion"] == b["confusion"] and sum(map(sum, a["confusion"])) == 12  # 2 folds x 6 clips
+    assert a["mean"]["epochs"] == 3
+    assert (killed / "cv.md").read_text().count("|") > 20
+    assert (killed / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((killed / "fold2" / "result.json").read_text())["resumed"] is True
+
+
+def test_cv_bad_input(tmp_path, capsys):
+    data = make_esc_toy(tmp_path / "esc", folds=2, per_class=1)
+    assert main(["cv", "--config", "recipes/nope.yaml", "--data.root", str(data)]) != 0
+    assert "--config recipes/nope.yaml: no such file" in capsys.readouterr().err
+    assert main(["cv", "--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root",
+                 str(tmp_path / "missing")]) != 0
+    assert "--data.root" in capsys.readouterr().err
+    assert main(["cv", "--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root", str(data),
+                 "--data.fold", "2"]) != 0
+    assert "set by cv per fold" in capsys.readouterr().err
