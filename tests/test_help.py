@@ -155,3 +155,12 @@ def test_lightning_help_is_cached_without_torch_the_second_time(command, tmp_pat
     second = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
     assert second.returncode == 0 and second.stdout == first.stdout
     assert "TORCH_IMPORTED=False" in second.stderr
+
+
+def test_cache_help_options_are_the_datamodules_arguments():
+    from sp4sc.commands.cache import _init_params, data_options
+
+    options = data_options()  # read from the source, for a quick --help
+    assert [name for name, _, _ in options] == list(_init_params())  # the imported signature
+    docs = {name: doc for name, _, doc in options}
+    assert docs["batch_size"] == "training batch size." and all(docs.values())

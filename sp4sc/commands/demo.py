@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="toy clip length in seconds (default 2)")
     parser.add_argument("--toy-root", default=None,
                         help="where the toy dataset lives (default: $SP4SC_CACHE or ~/.cache/sp4sc)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the toy data, training and everything after (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything of the training run, so reruns train the same model (default 0)")
     parser.add_argument("--skip", default="", help="comma-separated steps to leave out: " + ", ".join(
         name for name, _, _ in STEPS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
