@@ -321,3 +321,20 @@ def test_demo_step_writes_a_valid_toy_package(tmp_path, toy, ckpt, monkeypatch):
     assert [w.rsplit("[", 1)[1] for w in res.warnings] == ["results-partial]"]  # toy: devices a, b, c only
     assert res.results is not None
     assert "written and validated" in lines[0]
+
+
+def test_demo_meta_data_augmentation_comes_from_the_recipe(tmp_path, toy, ckpt, monkeypatch):
+    import yaml
+
+    import sp4sc.commands.demo_steps as demo_steps
+    import sp4sc.submission as submission
+
+    text = demo_steps.data_augmentation_text
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").read_text())["model"]
+    assert text(demo) == "SpecAugment"  # the demo recipe: SpecAugment, no mixup
+    assert text({"spec_augment": [128, 2, 16, 2], "mixup_alpha": 0.2}) == "SpecAugment, mixup"
+    assert text({"mixup_alpha": 0.0}) is None and text({}) is None
+    monkeypatch.setattr(submission, "_export", lambda *a, **k: None)
+    res = demo_steps.write_demo_submission(ckpt, toy, tmp_path, data_augmentation=text(demo), echo=lambda s: None)
+    meta = yaml.safe_load((res.path / f"{res.label}.meta.yaml").read_text())
+    assert meta["system"]["description"]["data_augmentation"] == "SpecAugment"
