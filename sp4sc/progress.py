@@ -122,6 +122,28 @@ class LineProgress(pl.Callback):
         self._print(" ".join(parts))
 
 
+class WallClock(pl.Callback):
+    """Adds each epoch's training wall time to ``<default_root_dir>/wall.json`` (``sp4sc cv`` uses it), so a
+    resumed run's total counts the time spent before a kill too."""
+
+    FILE = "wall.json"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import json
+        from pathlib import Path
+
+        self._path = Path(trainer.default_root_dir) / self.FILE
+        self._base = json.loads(self._path.read_text())["wall_s"] if self._path.is_file() else 0.0
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from sp4sc.fileio import write_json
+
+        if trainer.is_global_zero:
+            write_json(self._path, {"wall_s": self._base + time.perf_counter() - self._t0,
+                                    "epochs": trainer.current_epoch + 1})
+
+
 def use_line_progress(trainer: pl.Trainer, force: bool | None = None) -> bool:
     """Swap the trainer's progress bar for :class:`LineProgress` when stdout is not a terminal.
 

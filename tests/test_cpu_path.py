@@ -86,3 +86,40 @@ def test_first_block_conv_matches_two_convs():
     ref = F.conv2d(F.conv2d(x, w_ch), plus_kernel(w1, w2), padding=2, groups=4)
     assert torch.allclose(first_block_conv(x, w_ch, w1, w2), ref, atol=1e-12)
     assert torch.autograd.gradcheck(first_block_conv, (x, w_ch, w1, w2))
+
+
+def test_bench_train_reports_both_paths_and_the_traffic_bound(capsys, monkeypatch):
+    import json
+
+    from sp4sc.cli import main
+
+    monkeypatch.setattr("sp4sc.cpu.cxx_compiler", lambda: None)  # no compile here: seconds, not minutes
+    assert main(["bench", "train", "--frames", "0.1", "--steps", "1", "--warmup", "0", "--models", "sp4sc",
+                 "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    paths = {r["path"]: r for r in out["results"]}
+    assert set(paths) == {"plain", "cpu"} and out["ratios"]["sp4sc"] > 0
+    assert paths["cpu"]["traffic_mb_per_clip"] == paths["plain"]["traffic_mb_per_clip"] > 0
+    assert out["copy_bandwidth_gbs"] > 0 and paths["plain"]["traffic_bound_clips_per_s"] > 0
+    assert "AVX-512" in out["cpu"] and out["implied"]["esc10_5folds_200_epochs_h"] > 0
+
+
+def test_bf16_autocast_switches_itself_off_without_native_bf16(monkeypatch):
+    import torch
+
+    from sp4sc import cpu
+    from sp4sc.lit import SceneClassifier
+
+    monkeypatch.setenv("SP4SC_CPU_BF16", "0")
+    assert not cpu.has_native_bf16()
+    model = SceneClassifier("sp4sc_w32", cpu_bf16=True, compile_backbone=False)
+    model.configure_data([f"c{i}" for i in range(3)])
+    setup = model.setup_cpu_training()
+    assert setup == {**setup, "device": "cpu", "cpu_path": True, "compile": False, "bf16": False}
+    assert all(block.cpu_path for block in model.backbone.blocks)
+    monkeypatch.setenv("SP4SC_CPU_BF16", "1")  # a CPU that has it: on by default
+    model = SceneClassifier("sp4sc_w32", compile_backbone=False)
+    model.configure_data([f"c{i}" for i in range(3)])
+    assert model.setup_cpu_training()["bf16"] is True
+    x = torch.randn(2, 1, 32, 256)
+    assert model._train_forward(x).shape == (2, 3)

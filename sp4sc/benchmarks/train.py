@@ -1,15 +1,21 @@
-"""``sp4sc bench train``: train-step throughput (clips/s) of SP4SC and CNN6.
+"""``sp4sc bench train``: train-step throughput (clips/s) of SP4SC and CNN6, plain against the CPU path.
 
 One train step = SpecAugment + forward + cross-entropy + backward + AdamW step,
 on random log-mels at full TAU resolution: SP4SC on 431 x 256 (the sp4asc front
-end, batch 256) and CNN6 on 1001 x 64 (the panns front end, batch 128). SP4SC is
-measured twice in the same run, plain and with the training fast path (one
-plus-shaped depthwise conv per block). On a GPU the step runs under bf16
-autocast with channels-last tensors; on a CPU in float32, with a smaller batch
-by default (``--batch`` overrides it) so that it finishes. The implied wall
-time of the 200-epoch SP4SC recipe on TAU2020 fold 1 (13,962 training clips
-per epoch) is printed from the faster SP4SC figure, training steps only
-(no validation, no data loading).
+end) and CNN6 on 1001 x 64 (the panns front end); ``--frames`` scales both
+(e.g. 0.5 for the 5 s clips of ESC-10).
+
+On a CPU each model is measured twice in the same run: the plain fp32 path
+(eager, oneDNN's kernels) and the CPU training path that ``sp4sc fit`` uses by
+default (SP4SC's depthwise taps with a hand-written backward, torch.compile,
+bf16 autocast where the CPU has native bf16, freed memory kept mapped). The
+compile time (first step) is reported apart. A memory-traffic estimate reads
+the figure against the machine: the bytes a step must move per clip if each
+activation is written once and read about four times (forward read, saved for
+backward, its gradient written and read), over the measured copy bandwidth,
+gives the clips/s an unfused step cannot beat.
+
+On a GPU: plain and fast path under bf16 autocast with channels-last tensors.
 """
 
 from __future__ import annotations
@@ -19,12 +25,11 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-import torch
-import torch.nn.functional as F
-
 TAU_TRAIN_CLIPS = 13_962
+ESC10_TRAIN_CLIPS = 320  # per fold; 5 folds
 RECIPE_EPOCHS = 200
 CPU_BATCH = 8
+PASSES_PER_ACTIVATION = 5  # write + forward read + saved read + gradient write + gradient read
 
 
 @dataclass
@@ -33,73 +38,146 @@ class Case:
 
     label: str
     model: str
-    fast: bool
+    path: str  # "plain", "cpu" (CPU training path) or "fast" (GPU fast path)
     frames: int
     mels: int
     batch: int
     spec_augment: tuple[int, int, int, int]
 
 
-CASES = (
-    Case("sp4sc plain", "sp4sc", False, 431, 256, 256, (128, 2, 32, 2)),
-    Case("sp4sc fast path", "sp4sc", True, 431, 256, 256, (128, 2, 32, 2)),
-    Case("cnn6", "cnn6", False, 1001, 64, 128, (64, 2, 8, 2)),
-)
+def cases(gpu: bool, frames_scale: float) -> list[Case]:
+    sp, cn = max(16, round(431 * frames_scale)), max(16, round(1001 * frames_scale))
+    second = "fast" if gpu else "cpu"
+    return [
+        Case("sp4sc plain", "sp4sc", "plain", sp, 256, 256, (128, 2, 32, 2)),
+        Case(f"sp4sc {'fast path' if gpu else 'CPU path'}", "sp4sc", second, sp, 256, 256, (128, 2, 32, 2)),
+        Case("cnn6 plain", "cnn6", "plain", cn, 64, 128, (64, 2, 8, 2)),
+        *([] if gpu else [Case("cnn6 CPU path", "cnn6", "cpu", cn, 64, 128, (64, 2, 8, 2))]),
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per case (default: 20 on GPU, 2 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 on GPU, 1 on CPU)")
+                        help="timed steps per case (default: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps after the first (default: 5 on GPU, 1 on CPU); the first step, "
+                             "which includes compiling, is timed apart")
     parser.add_argument("--batch", type=int, default=None,
                         help=f"batch size for every case (default: 256 SP4SC / 128 CNN6 on GPU, {CPU_BATCH} on CPU)")
+    parser.add_argument("--frames", type=float, default=1.0,
+                        help="clip length as a fraction of 10 s (default 1.0: 431 x 256 and 1001 x 64; "
+                             "0.5 for the 5 s clips of ESC-10)")
     parser.add_argument("--models", default="sp4sc,cnn6", help="comma-separated subset of: sp4sc, cnn6")
+    parser.add_argument("--paths", default="plain,cpu",
+                        help="comma-separated subset of: plain, cpu (CPU path) / fast (GPU fast path)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
 
 
-def measure(case: Case, device: torch.device, steps: int, warmup: int, batch: int) -> dict:
+def copy_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """Measured memory copy bandwidth (GB/s, read + write counted) of a large tensor copy."""
+    import torch
+
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def activation_elements(model, x) -> int:
+    """Elements of every leaf module's output in one forward (per batch): the maps a step moves."""
+    import torch
+
+    total = 0
+
+    def hook(_module, _inp, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
     """Clips per second of ``case``'s train step on ``device``."""
+    import torch
+    import torch.nn.functional as F
+
+    from sp4sc import cpu
     from sp4sc.data.augment import SpecAugment
     from sp4sc.models import create_model
 
     gpu = device.type == "cuda"
     torch.manual_seed(0)
-    model = create_model(case.model, n_classes=10, n_mels=case.mels, **({"fast": True} if case.fast else {}))
+    model = create_model(case.model, n_classes=10, n_mels=case.mels, **({"fast": True} if case.path == "fast" else {}))
     model.to(device).train()
     aug = SpecAugment(*case.spec_augment).train()
-    if gpu:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     x = torch.randn(batch, 1, case.frames, case.mels, device=device) * 10 - 40  # dB-like values
     y = torch.randint(0, 10, (batch,), device=device)
+    elements = activation_elements(model, x) // batch
+    bf16 = gpu or (case.path == "cpu" and cpu.has_native_bf16())
+    fn = model
+    precision = "bf16-autocast, channels_last" if gpu else ("bf16-autocast" if bf16 else "fp32")
     if gpu:
+        model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+        fn = model
+    elif case.path == "cpu":
+        cpu.keep_freed_memory()
+        if hasattr(model, "set_cpu_path"):
+            model.set_cpu_path(True)
+        if cpu.cxx_compiler() is not None:
+            fn = torch.compile(model, dynamic=False)
+            precision += ", compiled"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
 
     def step() -> None:
         xa = aug(x)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
-            logits = model(xa)  # (batch, 10)
-            loss = F.cross_entropy(logits.float(), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = fn(xa)  # (batch, 10)
+        loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t0
     for _ in range(warmup):
         step()
-    if gpu:
-        torch.cuda.synchronize(device)
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if gpu:
-        torch.cuda.synchronize(device)
+    sync()
     dt = time.perf_counter() - t0
     return {**asdict(case), "batch": batch, "steps": steps, "seconds": dt, "clips_per_s": steps * batch / dt,
-            "precision": "bf16-autocast, channels_last" if gpu else "fp32"}
+            "first_step_s": first, "precision": precision,
+            "activation_mb_per_clip": elements * 4 / 1e6,
+            "traffic_mb_per_clip": PASSES_PER_ACTIVATION * elements * 4 / 1e6}
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sp4sc import cpu
     from sp4sc.benchmarks.machine import describe, line
     from sp4sc.errors import Sp4scError
 
@@ -107,29 +185,44 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Sp4scError("--device cuda: no CUDA GPU is visible")
     gpu = device.type == "cuda"
-    steps = args.steps if args.steps is not None else (20 if gpu else 2)
+    steps = args.steps if args.steps is not None else (20 if gpu else 3)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     if steps < 1 or warmup < 0 or (args.batch is not None and args.batch < 1):
         raise Sp4scError("--steps and --batch must be >= 1, --warmup >= 0")
+    if not 0.05 <= args.frames <= 4:
+        raise Sp4scError(f"--frames {args.frames}: give a fraction of 10 s between 0.05 and 4")
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
     unknown = wanted - {"sp4sc", "cnn6"}
     if unknown:
         raise Sp4scError(f"--models: unknown {sorted(unknown)}; choose from sp4sc, cnn6")
+    paths = {p.strip() for p in args.paths.split(",") if p.strip()}
+    if paths - {"plain", "cpu", "fast"}:
+        raise Sp4scError(f"--paths: unknown {sorted(paths - {'plain', 'cpu', 'fast'})}; choose from plain, cpu, fast")
+    if gpu:
+        paths = {("fast" if p == "cpu" else p) for p in paths}
     results = []
-    for case in CASES:
-        if case.model not in wanted:
-            continue
-        batch = args.batch or (case.batch if gpu else CPU_BATCH)
-        results.append(measure(case, device, steps, warmup, batch))
+    for case in cases(gpu, args.frames):
+        if case.model in wanted and case.path in paths:
+            results.append(measure(case, device, steps, warmup, args.batch or (case.batch if gpu else CPU_BATCH)))
+    bandwidth = None if gpu else copy_bandwidth_gbs()
+    for r in results:
+        r["traffic_bound_clips_per_s"] = (bandwidth * 1e3 / r["traffic_mb_per_clip"]) if bandwidth else None
+    ratios = {}
+    for model in ("sp4sc", "cnn6"):
+        by = {r["path"]: r["clips_per_s"] for r in results if r["model"] == model}
+        if "plain" in by and len(by) == 2:
+            other = next(p for p in by if p != "plain")
+            ratios[model] = by[other] / by["plain"]
+    implied = {}
     sp = [r for r in results if r["model"] == "sp4sc"]
-    implied = None
     if sp:
         best = max(sp, key=lambda r: r["clips_per_s"])
-        implied = {"from": best["label"], "epochs": RECIPE_EPOCHS, "clips_per_epoch": TAU_TRAIN_CLIPS,
-                   "hours": RECIPE_EPOCHS * TAU_TRAIN_CLIPS / best["clips_per_s"] / 3600.0}
-    out = {"device": str(device), "machine": describe(), "machine_line": line(), "results": results,
-           "implied_sp4sc_recipe": implied,
-           "note": None if gpu else "CPU only: full-resolution figures at a small batch; no GPU figures here"}
+        rate_10s = best["clips_per_s"] * best["frames"] / 431  # per 10 s clip, assuming linear in length
+        implied = {"from": best["label"],
+                   "tau2020_fold1_200_epochs_h": RECIPE_EPOCHS * TAU_TRAIN_CLIPS / rate_10s / 3600.0,
+                   "esc10_5folds_200_epochs_h": 5 * RECIPE_EPOCHS * ESC10_TRAIN_CLIPS / (2 * rate_10s) / 3600.0}
+    out = {"device": str(device), "machine": describe(), "machine_line": line(), "cpu": cpu.summary_line(),
+           "copy_bandwidth_gbs": bandwidth, "results": results, "ratios": ratios, "implied": implied}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -137,19 +230,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"train-step throughput on {device}")
-    for col in ("case", "input", "batch", "precision", "steps", "clips/s"):
-        table.add_column(col, justify="right" if col in ("batch", "steps", "clips/s") else "left")
+    cols = ("case", "input", "batch", "precision", "clips/s", "first step (s)", "MB/clip moved", "traffic bound")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("case", "input", "precision") else "right")
     for r in results:
+        bound = f"{r['traffic_bound_clips_per_s']:,.1f}" if r["traffic_bound_clips_per_s"] else "-"
         table.add_row(r["label"], f"{r['frames']} x {r['mels']}", str(r["batch"]), r["precision"],
-                      str(r["steps"]), f"{r['clips_per_s']:,.1f}")
-    console = Console()
+                      f"{r['clips_per_s']:,.2f}", f"{r['first_step_s']:.1f}", f"{r['traffic_mb_per_clip']:,.0f}", bound)
+    console = Console(width=150)
     console.print(table)
-    if len(sp) == 2:
-        console.print(f"SP4SC fast path / plain: {sp[1]['clips_per_s'] / sp[0]['clips_per_s']:.2f}x")
+    for model, ratio in ratios.items():
+        console.print(f"{model}: {'fast' if gpu else 'CPU'} path / plain = {ratio:.2f}x")
+    if bandwidth:
+        console.print(f"memory copy bandwidth {bandwidth:.1f} GB/s; traffic bound = bandwidth / "
+                      f"({PASSES_PER_ACTIVATION} passes x activations per clip), an estimate for an unfused step")
     if implied:
-        console.print(f"implied SP4SC recipe ({RECIPE_EPOCHS} epochs x {TAU_TRAIN_CLIPS:,} clips, "
-                      f"{implied['from']}, train steps only): {implied['hours']:.1f} h")
-    if out["note"]:
-        console.print(out["note"])
+        console.print(f"implied by {implied['from']} (train steps only): TAU2020 fold1, 200 epochs: "
+                      f"{implied['tau2020_fold1_200_epochs_h']:.1f} h; ESC-10, 5 folds x 200 epochs of 5 s clips: "
+                      f"{implied['esc10_5folds_200_epochs_h']:.1f} h")
+    console.print(cpu.summary_line() if not gpu else line())
     console.print(line())
     return 0

@@ -30,30 +30,7 @@ from sp4sc.errors import Sp4scError
 
 ESC_FOLDS = (1, 2, 3, 4, 5)
 RESULT = "result.json"
-WALL = "wall.json"
-
-
-def _pl_callback():
-    import pytorch_lightning as pl
-
-    return pl.Callback
-
-
-class WallClock(_pl_callback()):
-    """Adds each epoch's training wall time to ``<default_root_dir>/wall.json``, so a resumed fold's total
-    counts the time spent before the kill too."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._path = Path(trainer.default_root_dir) / WALL
-        self._base = json.loads(self._path.read_text())["wall_s"] if self._path.is_file() else 0.0
-        self._t0 = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from sp4sc.fileio import write_json
-
-        if trainer.is_global_zero:
-            write_json(self._path, {"wall_s": self._base + time.perf_counter() - self._t0,
-                                    "epochs": trainer.current_epoch + 1})
+WALL = "wall.json"  # written by sp4sc.progress.WallClock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +90,7 @@ def run_fold(args: argparse.Namespace, rest: list[str], fold: int, out: Path) ->
     last = fold_dir / CHECKPOINT_SUBDIR / "last.ckpt"
     resumed = last.is_file()
     logger.info("fold %d: %s in %s", fold, f"resuming from {last}" if resumed else "training", fold_dir)
-    fit_args = fold_args + (["--trainer.callbacks+=sp4sc.commands.cv.WallClock"]
+    fit_args = fold_args + (["--trainer.callbacks+=sp4sc.progress.WallClock"]
                             + (["--ckpt_path", "last"] if resumed else []))
     _make_cli(expand_configs(fit_args), "fit")
     wall_path = fold_dir / WALL
