@@ -18,10 +18,6 @@ from sp4sc.helptext import PlainHelpParser, plain
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Building these parsers imports torch in modules of other owners; they are listed so that the
-# test says so instead of failing (`sp4sc bench --help`: sp4sc/benchmarks/train.py imports torch
-# at module level). The help cache still makes their second --help instant.
-TORCH_AT_HELP = {"bench"}
 
 
 def _importable(name: str) -> bool:
@@ -43,9 +39,7 @@ def _run(*argv: str, env_extra: dict | None = None) -> subprocess.CompletedProce
                           cwd=str(ROOT), timeout=300)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason="imports torch in a module of "
-                                                                                  "another owner", strict=False))
-                                  if n in TORCH_AT_HELP else n for n in COMMAND_NAMES])
+@pytest.mark.parametrize("name", COMMAND_NAMES)
 def test_command_help_does_not_import_torch(name, tmp_path):
     res = _run(name, "--help", env_extra={"SP4SC_NO_HELP_CACHE": "1"})
     assert res.returncode == 0, res.stderr[-1000:]
