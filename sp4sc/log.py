@@ -30,6 +30,9 @@ class _StderrHandler(logging.StreamHandler):
 def setup(debug: bool = False) -> None:
     """Send sp4sc's log records to stderr, one plain line each."""
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    # torch.compile's CPU backend says "No CUDA runtime is found, using CUDA_HOME=..." on every
+    # CPU-only machine (torch's CUDA wheels): true and irrelevant to a CPU run
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.DEBUG if debug else logging.ERROR)
     logger.propagate = False
     if any(isinstance(h, _StderrHandler) for h in logger.handlers):
         return

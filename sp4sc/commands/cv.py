@@ -11,8 +11,9 @@ a fold with ``checkpoints/last.ckpt`` but no result resumes from it
 checkpoint (the end of training, not the best epoch: the validation fold is
 the test fold here, so picking the best epoch on it would flatter the score).
 Then ``cv.json`` (per fold and mean +/- std of accuracy, class-averaged
-accuracy, log loss, epochs, wall time), ``cv.md`` and ``cv.png`` (per-fold
-accuracy and the confusion matrix summed over the folds).
+accuracy, log loss, epochs, wall time), ``cv.md``, ``cv.png`` (per-fold
+accuracy and the confusion matrix summed over the folds) and ``confusion.png``
+(the summed counts and their row-normalised rates).
 """
 
 from __future__ import annotations
@@ -228,6 +229,11 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
     write_json(out / "cv.json", summary)
     write_text(out / "cv.md", markdown(summary))
     plot(summary, out / "cv.png")
+    if summary.get("confusion"):
+        from sp4sc.report import write_confusion_png
+
+        write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png",
+                            title=f"{Path(args.config).stem}: {len(results)} folds summed")
     return summary | {"out": str(out)}
 
 
@@ -235,7 +241,7 @@ def main_argv(argv: list[str]) -> int:
     summary = run_cv(argv)
     m, s = summary["mean"], summary["std"]
     print(f"{len(summary['folds'])} folds: accuracy {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} %, "
-          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png", flush=True)
+          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png, confusion.png", flush=True)
     return 0
 
 
