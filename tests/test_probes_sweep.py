@@ -156,3 +156,24 @@ def test_bench_extractor_vs_raw_fake_encoder(capsys):
     # 3 clips of 2 s: 4 windows each at 0.5 s, 2 at 1 s
     assert [r["extractor_windows"] for r in result["rows"]] == [12, 6]
     assert result["machine"].startswith("machine:")
+
+
+def test_compare_row_from_a_cv_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from sp4sc.constants import SCENES
+    from sp4sc.probes.sweep import compare_cv
+
+    cv = tmp_path / "cv"
+    _sp4sc_model_file((cv / "fold1" / "checkpoints").mkdir(parents=True) or cv / "fold1" / "checkpoints" / "last.ckpt")
+    folds = [{"fold": 1, "accuracy": 0.8, "class_avg_accuracy": 0.8, "logloss": 0.6, "epochs": 40, "wall_s": 10},
+             {"fold": 2, "accuracy": 0.9, "class_avg_accuracy": 0.9, "logloss": 0.4, "epochs": 40, "wall_s": 10}]
+    (cv / "cv.json").write_text(json.dumps({
+        "recipe": "recipes/esc10_sp4sc.yaml", "folds": folds, "classes": list(SCENES),
+        "mean": {"class_avg_accuracy": 0.85, "logloss": 0.5}, "std": {"class_avg_accuracy": 0.0707, "logloss": 0.14}}))
+    row = compare_cv(cv, SimpleNamespace(classes=list(SCENES)))
+    assert row["kind"] == "cv" and row["accuracy"] == 0.85 and row["accuracy_std"] == 0.0707
+    assert row["logloss"] == 0.5 and row["folds"] == [1, 2] and "2-fold cv" in row["name"]
+    assert 50_000 < row["params"] < 65_536 and row["macs_per_clip"] > 1e6
+    with pytest.raises(Exception, match="not the dataset's"):
+        compare_cv(cv, SimpleNamespace(classes=["a", "b"]))

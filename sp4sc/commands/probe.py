@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--hop", type=float, default=None, metavar="S", help="hop between windows, s (default: = δt)")
     s.add_argument("--seeds", type=int, default=3, help="probe seeds (default 3)")
     s.add_argument("--compare", nargs="*", default=[], metavar="CKPT",
-                   help="CNN6/SP4SC model files or Lightning checkpoints to compare on the same eval split")
+                   help="CNN6/SP4SC model files or Lightning checkpoints to compare on the same eval split, or "
+                        "`sp4sc cv` output folders (their mean over the same folds)")
     s.add_argument("--out", default=None, help="output folder (default probe_results/<encoder>_<dataset>)")
     s.add_argument("--json", action="store_true", help="print the results JSON instead of the tables")
     s.add_argument("--max-clips", type=int, default=None, metavar="N",
@@ -163,8 +164,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
                           lr=args.lr, weight_decay=args.weight_decay),
     )
     for path in cfg.compare:
-        if not Path(path).is_file():
-            raise Sp4scError(f"--compare {path}: file not found")
+        if not (Path(path).is_file() or (Path(path) / "cv.json").is_file()):
+            raise Sp4scError(f"--compare {path}: neither a model file nor an `sp4sc cv` folder (with cv.json)")
     result = run_sweep(cfg)
     paths = write_outputs(result, out)
     result["outputs"] = paths

@@ -14,6 +14,7 @@ sample standard deviation (ddof = 1) over seeds.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -300,7 +301,8 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
         })
     compare = [_probe_compare_row(bundle, r, cost, n_classes, cfg.probe.hidden) for r in rows if r["aggregation"] == cfg.aggregations[0]]
     for path in cfg.compare:
-        compare.append(compare_checkpoint(path, data))
+        is_cv = Path(path).is_dir() and (Path(path) / "cv.json").is_file()
+        compare.append(compare_cv(path, data) if is_cv else compare_checkpoint(path, data))
     result = {
         "encoder": bundle.name,
         "random_init": bool(bundle.random_init),
@@ -402,6 +404,45 @@ def compare_checkpoint(path: str | os.PathLike, data: StudyData) -> dict:
     }
 
 
+def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
+    """A row for an ``sp4sc cv`` output folder: the cross-validated model against the same folds.
+
+    Accuracy (class-averaged) and log loss are ``cv.json``'s means over its folds (each fold's
+    last checkpoint on its validation fold, the same folds as the probe's); parameters and MACs
+    per clip (thop) are counted on the first fold's checkpoint, BatchNorm folded.
+    """
+    import thop
+
+    from sp4sc.checkpoint import load_model
+    from sp4sc.fold import fold_batchnorm
+
+    folder = Path(folder)
+    summary = json.loads((folder / "cv.json").read_text(encoding="utf-8"))
+    classes = summary.get("classes") or []
+    if classes and sorted(classes) != sorted(data.classes):
+        raise Sp4scError(f"{folder}: its classes {classes[:3]}... are not the dataset's {list(data.classes)[:3]}...; "
+                         "compare cross-validations of the same dataset")
+    folds = summary["folds"]
+    first = folder / f"fold{folds[0]['fold']}" / "checkpoints" / "last.ckpt"
+    loaded = load_model(first)
+    fe = loaded.frontend
+    folded = fold_batchnorm(loaded.model)
+    params = sum(t.numel() for t in folded.parameters())
+    macs, _ = thop.profile(copy.deepcopy(folded), inputs=(torch.zeros(1, 1, fe.n_frames, fe.n_mels),), verbose=False)
+    return {
+        "name": f"{loaded.name} from scratch ({len(folds)}-fold cv, {Path(summary['recipe']).name})",
+        "kind": "cv",
+        "checkpoint": str(folder),
+        "accuracy": float(summary["mean"]["class_avg_accuracy"]),
+        "accuracy_std": float(summary["std"]["class_avg_accuracy"]),
+        "logloss": float(summary["mean"]["logloss"]),
+        "params": int(params),
+        "macs_per_clip": float(macs),
+        "macs_counter": f"thop on the folded model, one {fe.duration:g} s clip",
+        "folds": [f["fold"] for f in folds],
+    }
+
+
 # ----------------------------------------------------------------------------- outputs
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
@@ -445,7 +486,7 @@ def format_tables(result: dict) -> str:
     ]
     for c in result["compare"]:
         lines.append(
-            f"| {c['name']} | {_pct(c['accuracy'])} | {_num(c['logloss'])} | {c['params']:,} | {c['macs_per_clip'] / 1e6:,.1f} M |"
+            f"| {c['name']} | {_pct(c['accuracy'])}{' ± ' + _pct(c['accuracy_std']) if c.get('accuracy_std') is not None else ''} | {_num(c['logloss'])} | {c['params']:,} | {c['macs_per_clip'] / 1e6:,.1f} M |"
         )
     lines += ["", result["machine"]]
     if result["random_init"]:
