@@ -83,25 +83,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="mean-embedding mean-prediction majority-vote (default all three)")
     s.add_argument("--hidden", type=int, default=0, help="hidden units of the probe (0: linear, default)")
     s.add_argument("--epochs", type=int, default=30, help="probe training epochs (best on the selection split kept)")
-    s.add_argument("--probe-batch-size", type=int, default=256)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--weight-decay", type=float, default=1e-4)
+    s.add_argument("--probe-batch-size", type=int, default=256, help="linear-probe training batch size (default 256)")
+    s.add_argument("--lr", type=float, default=1e-3, help="linear-probe learning rate, Adam (default 1e-3)")
+    s.add_argument("--weight-decay", type=float, default=1e-4, help="linear-probe weight decay (default 1e-4)")
     s.set_defaults(_run=_run_sweep)
 
     b = sub.add_parser("bench", help="extractor windows/s vs the raw encoder forward, per δt")
     b.add_argument("--encoder", required=True, help=_encoder_help())
     _weights(b)
-    b.add_argument("--dt", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0], metavar="S")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--dt", type=float, nargs="+", default=[1.0, 3.0, 5.0, 10.0], metavar="S",
+                   help="window lengths to time, in seconds (default 1 3 5 10)")
+    b.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    b.add_argument("--batch-size", type=int, default=32, help="windows per encoder forward (default 32)")
     b.add_argument("--raw-batches", type=int, default=3, help="timed raw-forward batches per δt (at least)")
     b.add_argument("--raw-seconds", type=float, default=None,
                    help="time the raw forward for at least this long per δt (default 5 on GPU, 0 on CPU)")
     b.add_argument("--clips", type=int, default=None,
                    help="clips the extractor reads per δt, cycling over 16 written files (default 2048 on GPU, 4 on CPU)")
-    b.add_argument("--clip-seconds", type=float, default=10.0)
+    b.add_argument("--clip-seconds", type=float, default=10.0, help="length of the synthetic clips timed, s (default 10)")
     b.add_argument("--workers", type=int, default=None, help="audio loading processes (default: cores - 1 up to 8 on GPU, 0 on CPU)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     b.set_defaults(_run=_run_bench)
 
     e = sub.add_parser(
