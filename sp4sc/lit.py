@@ -22,6 +22,14 @@ so :func:`sp4sc.checkpoint.load_model` rebuilds the backbone from a Lightning
 checkpoint (state-dict keys ``backbone.*``), and every entry is a plain type:
 ``torch.load(path, weights_only=True)`` reads them.
 
+Knowledge distillation (Hinton, Vinyals and Dean, 2015): with ``kd_teacher``
+set, a frozen encoder + linear probe (:mod:`sp4sc.probes.teacher`, fitted on the
+run's training clips only) gives logits for every training clip, computed once
+before training and cached on disk; the training loss becomes
+:func:`distillation_loss`. The teacher's logits are a plain attribute, never in
+the state dict or the exported model: a distilled student saves, loads, folds,
+exports and submits like any other.
+
 Repeatability: with ``seed_everything`` set, each training epoch reseeds
 torch's generator from (seed, epoch, rank) and augmentation draws come from a
 generator seeded by (seed, global step, rank), so a run resumed from an
@@ -31,7 +39,7 @@ epoch-end checkpoint continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -47,6 +55,38 @@ LOSSES = ("ce", "focal")
 STAGES = ("val", "test")
 # Keys of arch_kwargs that change how a model trains, not what it computes.
 TRAINING_ONLY_KWARGS = ("fast",)
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    kd_lambda: float,
+    temperature: float,
+    label_loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+) -> torch.Tensor:
+    """Hinton's distillation loss: ``λ T² KL(p_t || softmax(s / T)) + (1 - λ) CE(target, s)``.
+
+    Args:
+        logits: student logits ``s`` ``(batch, classes)``.
+        target: label targets ``(batch, classes)``, one-hot or mixed by mixup.
+        teacher_probs: teacher probabilities at temperature T, ``softmax(t / T)`` ``(batch, classes)``
+            (mixed by mixup like the labels).
+        kd_lambda: weight λ of the distillation term, in [0, 1].
+        temperature: T; the T² factor keeps the gradient scale of the soft term independent of T.
+        label_loss: ``(logits, target) -> loss`` for the label term (default: soft-target cross-entropy).
+
+    Returns:
+        the scalar loss; the KL term is averaged over the batch (``batchmean``).
+    """
+    s = logits.float()
+    if label_loss is None:
+        label = -(target * F.log_softmax(s, dim=1)).sum(dim=1).mean()
+    else:
+        label = label_loss(s, target)
+    log_q = F.log_softmax(s / temperature, dim=1)  # (batch, classes)
+    kl = F.kl_div(log_q, teacher_probs.float(), reduction="batchmean")  # sum_c p (log p - log q), batch mean
+    return kd_lambda * temperature**2 * kl + (1.0 - kd_lambda) * label
 
 
 def _seed() -> int:
@@ -106,6 +146,18 @@ class SceneClassifier(pl.LightningModule):
         cpu_bf16: bf16 autocast for the training forward on a CPU (fp32 master weights).
             None: on when the CPU has native bf16 (avx512_bf16 or AMX); asked for on a CPU
             without it, it switches itself off with a notice.
+        kd_teacher: the distillation teacher, keys of :class:`sp4sc.probes.teacher.TeacherConfig`:
+            ``encoder`` (e.g. ``efficientat_mn04``), ``ckpt`` (a local checkpoint; or
+            ``random_init: true`` for pipeline checks), ``dt`` (window length, s; the probe reads
+            the mean window embedding), ``hop``, ``probe`` (``{epochs, lr, weight_decay, hidden,
+            batch_size}``), ``seed``, ``device``, ``batch_size``, ``cache_dir``. Set one key from
+            the command line with ``--model.kd_teacher.ckpt PATH``. Its probe is fitted on the
+            training clips only; its logits are computed once before training and cached.
+            None: no teacher.
+        kd_lambda: weight λ of the distillation term (the labels get 1 - λ), in [0, 1]; 0 trains
+            on the labels alone (exactly the plain fit, even with a teacher).
+        kd_temperature: softmax temperature T of teacher and student in the distillation term
+            (> 0; the term is scaled by T²).
     """
 
     def __init__(
@@ -128,6 +180,9 @@ class SceneClassifier(pl.LightningModule):
         cpu_path: Optional[bool] = None,
         compile_backbone: Optional[bool] = None,
         cpu_bf16: Optional[bool] = None,
+        kd_teacher: Optional[dict[str, Any]] = None,
+        kd_lambda: float = 0.0,
+        kd_temperature: float = 1.0,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -136,6 +191,23 @@ class SceneClassifier(pl.LightningModule):
             raise Sp4scError(f"--model.mixup_alpha {mixup_alpha}: must be >= 0 (0 disables mixup)")
         if lr <= 0 or eta_min < 0 or weight_decay < 0:
             raise Sp4scError("--model.lr must be > 0, --model.eta_min and --model.weight_decay >= 0")
+        if not 0.0 <= kd_lambda <= 1.0:
+            raise Sp4scError(f"--model.kd_lambda {kd_lambda}: must be in [0, 1] (the weight of the distillation "
+                             "term; 0 trains on the labels alone)")
+        if not kd_temperature > 0:
+            raise Sp4scError(f"--model.kd_temperature {kd_temperature}: must be > 0 (1 = the teacher's own "
+                             "probabilities; higher values soften them)")
+        if kd_lambda > 0 and kd_teacher is None:
+            raise Sp4scError(f"--model.kd_lambda {kd_lambda}: needs a teacher; set --model.kd_teacher "
+                             "(e.g. recipes/esc10_sp4sc_kd.yaml) or --model.kd_lambda 0")
+        self.kd_config = None
+        if kd_teacher is not None:
+            from sp4sc.probes.teacher import TeacherConfig
+
+            if not isinstance(kd_teacher, (dict, TeacherConfig)):
+                raise Sp4scError(f"--model.kd_teacher: expected a mapping of teacher settings, got {kd_teacher!r}")
+            self.kd_config = (kd_teacher if isinstance(kd_teacher, TeacherConfig)
+                              else TeacherConfig.from_dict(kd_teacher))
         self.spec_augment = SpecAugment.from_list(spec_augment, fill=spec_augment_fill)
         kwargs = dict(backbone_kwargs or {})
         if isinstance(backbone, nn.Module):
@@ -161,6 +233,12 @@ class SceneClassifier(pl.LightningModule):
         self._train_fn = None  # compiled training forward (kept out of the module tree and state dict)
         self._train_bf16 = False
         self.train_setup: dict[str, Any] = {}
+        if self.kd_config is not None:
+            self.hparams["kd_teacher"] = self.kd_config.to_dict()  # plain types: weights_only loads it
+        # teacher logits of the training clips (n_train, classes): set in setup("fit"), a plain
+        # attribute kept out of the state dict, the checkpoints and the exported model
+        self.kd_logits: Optional[torch.Tensor] = None
+        self.kd_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ build
 
@@ -226,10 +304,66 @@ class SceneClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None:
+            if self.kd_config is not None and stage == "fit":
+                raise Sp4scError("--model.kd_teacher needs a SceneDataModule: the teacher reads the training "
+                                 "clips' audio")
             if self.classes is None:
                 raise Sp4scError("SceneClassifier needs a SceneDataModule (for the classes and the front end)")
             return
         self.configure_data(dm.classes, getattr(dm, "frontend_cfg", None), getattr(dm, "devices", ()) or ())
+        if self.kd_config is not None and stage == "fit":
+            self._setup_teacher(dm)
+
+    def prepare_data(self) -> None:
+        # Once per node, before setup() runs on every rank: the teacher logits are computed here into
+        # their cache, so that DDP ranks only read them in setup().
+        trainer = self._trainer
+        if self.kd_config is None or trainer is None or trainer.datamodule is None or trainer.state.fn != "fit":
+            return
+        self._compute_teacher(trainer.datamodule)
+
+    # ------------------------------------------------------------ distillation
+
+    def _compute_teacher(self, dm: Any):
+        from sp4sc.probes.teacher import compute_teacher
+
+        if not all(hasattr(dm, a) for a in ("clips", "index", "classes")):
+            raise Sp4scError("--model.kd_teacher needs a SceneDataModule: the teacher reads the training clips' audio")
+        return compute_teacher(dm, self.kd_config, stages=("train", "val"))
+
+    def _setup_teacher(self, dm: Any) -> None:
+        """Teacher logits of the training clips (from the cache once prepare_data has run)."""
+        from sp4sc.log import logger
+
+        out = self._compute_teacher(dm)
+        self.kd_logits = out.logits["train"]  # (n_train, classes), rows in batch["index"] order
+        cfg = self.kd_config
+        self.kd_info = {
+            "encoder": cfg.encoder, "weights": out.key.weights, "dt": cfg.dt, "hop": out.key.hop,
+            "fit_clips": len(out.fit_clips), "accuracy": dict(out.accuracy),
+            "cache": None if out.folder is None else str(out.folder),
+        }
+        acc = ", ".join(f"{s} {100 * a:.1f} %" for s, a in out.accuracy.items())
+        logger.info(f"distillation teacher {cfg.encoder} ({out.key.weights[:19]}) + probe on the mean embedding at "
+                    f"dt={cfg.dt:g} s, fitted on {len(out.fit_clips)} training clips: accuracy {acc}; "
+                    f"kd_lambda {self.hparams['kd_lambda']}, temperature {self.hparams['kd_temperature']}")
+
+    def _teacher_probs(self, batch: dict[str, Any]) -> Optional[torch.Tensor]:
+        """The teacher's probabilities at temperature T for the clips of a training batch, or None."""
+        if self.kd_config is None:
+            return None
+        if self.kd_logits is None:
+            raise Sp4scError("--model.kd_teacher: no teacher logits; train through a Trainer with a "
+                             "SceneDataModule (they are computed in setup)")
+        index = batch.get("index")
+        if index is None:
+            raise Sp4scError("--model.kd_teacher: training batches carry no 'index' (use SceneDataModule)")
+        x = batch["x"]
+        if self.kd_logits.device != x.device:
+            self.kd_logits = self.kd_logits.to(x.device)
+        index = torch.as_tensor(index, device=x.device).long()
+        t = self.kd_logits.index_select(0, index)  # (batch, classes)
+        return torch.softmax(t / self.hparams["kd_temperature"], dim=1)
 
     # ----------------------------------------------------------------- forward
 
@@ -349,13 +483,23 @@ class SceneClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, y = batch["x"], batch["y"]  # (batch, 1, frames, mels), (batch,)
         target = F.one_hot(y, len(self.classes)).float()  # (batch, classes)
+        teacher = self._teacher_probs(batch)  # (batch, classes) or None
         g = self._generator()
         if self.hparams["mixup_alpha"] > 0:
-            x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
+            if teacher is None:
+                x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
+            else:  # one permutation and weight for labels and teacher targets alike
+                n = target.shape[1]
+                x, both = mixup(x, torch.cat([target, teacher], dim=1), self.hparams["mixup_alpha"], g)
+                target, teacher = both[:, :n], both[:, n:]  # (batch, classes) each
         if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
             x = self.spec_augment(x, generator=g)
         logits = self._train_forward(x)
-        loss = self._loss(logits, target)
+        if teacher is None:
+            loss = self._loss(logits, target)
+        else:
+            loss = distillation_loss(logits, target, teacher, self.hparams["kd_lambda"],
+                                     self.hparams["kd_temperature"], label_loss=self._loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
         return loss
 
@@ -451,6 +595,11 @@ class SceneClassifier(pl.LightningModule):
                           devices=list(self.device_names),
                           spec_augment=list(self.hparams.get("spec_augment") or []) or None,
                           spec_augment_fill=self.hparams.get("spec_augment_fill", "mean"))
+        if self.kd_config is not None:  # provenance only: load_model ignores it
+            spec["distillation"] = {"kd_lambda": self.hparams["kd_lambda"],
+                                    "kd_temperature": self.hparams["kd_temperature"],
+                                    "teacher": {k: v for k, v in self.kd_info.items() if k != "cache"}
+                                    or {"encoder": self.kd_config.encoder, "dt": self.kd_config.dt}}
         return _plain(spec)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

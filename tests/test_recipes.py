@@ -60,7 +60,12 @@ def test_sp4asc_settings():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_fast_dev_run(recipe, toy, tmp_path, capsys):
     root, cache = toy
-    rc = main(["fit", "--config", str(recipe), *_tiny(root, cache, tmp_path), "--trainer.fast_dev_run", "true"])
+    extra = []
+    if "kd_teacher" in (yaml.safe_load(recipe.read_text()).get("model") or {}):
+        # distillation recipes: the real teacher architecture with random weights (no checkpoint needed)
+        extra = ["--model.kd_teacher.random_init", "true", "--model.kd_teacher.device", "cpu",
+                 "--model.kd_teacher.cache_dir", str(tmp_path / "kd")]
+    rc = main(["fit", "--config", str(recipe), *_tiny(root, cache, tmp_path), "--trainer.fast_dev_run", "true", *extra])
     assert rc == 0, capsys.readouterr().err
 
 

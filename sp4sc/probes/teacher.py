@@ -1,0 +1,459 @@
+"""Distillation teachers: a frozen encoder + a linear probe, its logits computed once per clip and cached.
+
+The teacher of a training run is
+
+    audio -> windows of δt -> frozen encoder -> mean window embedding -> linear probe -> logits
+
+that is the ``mean-embedding`` system of the δt study (:mod:`sp4sc.probes.probe`),
+with the probe trained on the training clips of the run's own split only
+(``datamodule.clips("train")``: for an ESC-format dataset the other folds, for
+TAU2020 fold1 train). Validation clips are never used to fit it: the epoch kept
+is the one with the lowest loss on the training clips themselves (the sweep
+selects on its evaluation split, which a teacher must not see). Its logits on
+the training clips are therefore in-sample predictions, as in Hinton et al.
+(2015) and EfficientAT's ``ex_audioset.py`` (a teacher that has fitted the
+training set and still spreads probability over similar classes).
+
+Classes are the datamodule's, in its order (a probe output ``j`` is
+``datamodule.classes[j]``).
+
+Cache (``<cache_dir>/teacher/<encoder>/<digest>/``, default ``$SP4SC_CACHE`` or
+``~/.cache/sp4sc``): one ``(1, n_classes)`` logit row per clip, stored with the
+audio file's size and modification time (:class:`~sp4sc.probes.cache.EmbeddingCache`),
+plus the fitted probe (``probe.pt``, a plain state dict) and what it was fitted on
+(``probe.json``). The digest covers the encoder name, its weights
+(``sha256:<checkpoint hash>`` or ``random-init-seed<N>``), δt, hop, the probe
+settings and seed, the class list and the training set (each training clip's
+path, label, size and modification time): another checkpoint, probe or fold is
+another folder. Window embeddings go through the embedding cache of the δt study
+(``<cache_dir>/embeddings``), so a sweep at the same δt has already paid for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from sp4sc.errors import Sp4scError
+from sp4sc.probes.probe import ProbeConfig
+
+FORMAT = 1
+ARG = "--model.kd_teacher"
+# kinds of the settings, for values that arrive as strings from the command line
+_KINDS = {"encoder": "str", "ckpt": "opt_str", "random_init": "bool", "init_seed": "int", "dt": "float",
+          "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str"}
+_PROBE_KINDS = {"hidden": "int", "epochs": "int", "batch_size": "int", "lr": "float", "weight_decay": "float"}
+_EXPECTED = {"str": "a string (a name or a path)", "bool": "true or false", "int": "an integer", "float": "a number"}
+
+
+def _coerce(name: str, value: Any, kind: str) -> Any:
+    """``value`` as ``kind``; strings from the command line (``"2"``, ``"true"``, ``"null"``) are parsed."""
+    if kind.startswith("opt_"):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "")):
+            return None
+        kind = kind[4:]
+    try:
+        if kind == "str":
+            if not isinstance(value, (str, os.PathLike)):
+                raise ValueError
+            return str(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes"):
+                return True
+            if text in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise Sp4scError(f"{name} {value!r}: expected {_EXPECTED[kind]}") from None
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """What the teacher is (the keys of ``--model.kd_teacher``).
+
+    Attributes:
+        encoder: registry name of the frozen encoder (``efficientat_mn04``, ``passt``, ``beats``...).
+        ckpt: local checkpoint of the encoder (read with ``weights_only=True``, strict).
+        random_init: random encoder weights instead (pipeline checks only, never a result).
+        init_seed: seed of the random weights.
+        dt: window length δt, s; the clip embedding is the mean over its windows.
+        hop: hop between windows, s (None: hop = δt).
+        probe: probe training settings (:class:`~sp4sc.probes.probe.ProbeConfig`).
+        seed: seed of the probe's initial weights and batch order.
+        device: where the encoder runs: ``auto`` (the GPU when there is one), ``cpu``, ``cuda[:n]``.
+        batch_size: windows per encoder forward.
+        cache_dir: top folder of the teacher and embedding caches (None: ``$SP4SC_CACHE`` or
+            ``~/.cache/sp4sc``).
+    """
+
+    encoder: str = "efficientat_mn04"
+    ckpt: Optional[str] = None
+    random_init: bool = False
+    init_seed: int = 0
+    dt: float = 3.0
+    hop: Optional[float] = None
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 32
+    cache_dir: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "TeacherConfig":
+        """Build from ``--model.kd_teacher``; unknown keys and bad values are one-line errors naming the key."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise Sp4scError(f"{ARG}.{unknown[0]}: unknown key; known keys: {', '.join(sorted(known))}")
+        kw: dict[str, Any] = {k: _coerce(f"{ARG}.{k}", v, _KINDS[k]) for k, v in d.items() if k != "probe"}
+        probe = d.get("probe")
+        if isinstance(probe, ProbeConfig):
+            kw["probe"] = probe
+        elif probe is not None:
+            if not isinstance(probe, dict):
+                raise Sp4scError(f"{ARG}.probe {probe!r}: expected a mapping such as {{epochs: 30, lr: 0.001}}")
+            bad = sorted(set(probe) - set(_PROBE_KINDS))
+            if bad:
+                raise Sp4scError(f"{ARG}.probe.{bad[0]}: unknown key; known keys: {', '.join(_PROBE_KINDS)}")
+            values = {k: _coerce(f"{ARG}.probe.{k}", v, _PROBE_KINDS[k]) for k, v in probe.items()}
+            try:
+                kw["probe"] = ProbeConfig(**values)
+            except Sp4scError as exc:
+                raise Sp4scError(f"{ARG}.probe: {exc}") from None
+        return cls(**kw)
+
+    def __post_init__(self) -> None:
+        if self.dt <= 0:
+            raise Sp4scError(f"{ARG}.dt {self.dt:g}: the window length must be positive (seconds)")
+        if self.hop is not None and self.hop <= 0:
+            raise Sp4scError(f"{ARG}.hop {self.hop:g}: must be positive (or null for hop = dt)")
+        if self.batch_size < 1:
+            raise Sp4scError(f"{ARG}.batch_size {self.batch_size}: must be at least 1")
+        if self.ckpt is not None and self.random_init:
+            raise Sp4scError(f"{ARG}.ckpt and {ARG}.random_init: give one of the two, not both")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (what the checkpoint's hyper-parameters hold)."""
+        return asdict(self)
+
+    def check_weights(self) -> None:
+        """Refuse a teacher without weights, or with a checkpoint that is not a file (before any work)."""
+        if self.ckpt is None and not self.random_init:
+            raise Sp4scError(f"{ARG}.ckpt: give the teacher encoder's checkpoint (e.g. {ARG}.ckpt "
+                             f"../shared/weights/efficientat/mn04_as_mAP_432.pt), or {ARG}.random_init true "
+                             "for a pipeline check")
+        if self.ckpt is not None and not Path(self.ckpt).expanduser().is_file():
+            raise Sp4scError(f"{ARG}.ckpt {self.ckpt}: no such file; check the path (relative paths start "
+                             "from the current folder)")
+
+    def weights_identity(self) -> str:
+        """``sha256:<checkpoint hash>`` or ``random-init-seed<N>`` (the encoder bundle's ``identity``)."""
+        self.check_weights()
+        if self.random_init:
+            return f"random-init-seed{self.init_seed}"
+        from sp4sc.probes.encoders import file_sha256
+
+        return f"sha256:{file_sha256(Path(self.ckpt).expanduser())}"
+
+
+@dataclass(frozen=True)
+class TeacherKey:
+    """What the cached teacher logits depend on, except each clip's own audio.
+
+    Attributes:
+        encoder: registry name.
+        weights: ``sha256:<hash>`` of the checkpoint, or ``random-init-seed<N>``.
+        dt: window length, s.
+        hop: hop between windows, s.
+        sample_rate: the encoder's input rate, Hz.
+        probe: probe settings and seed, as a canonical JSON string.
+        classes: class names, as a JSON string (their order is the logits' order).
+        train_set: SHA-256 of the training clips (path, label, size, modification time).
+        format: version of this cache layout.
+    """
+
+    encoder: str
+    weights: str
+    dt: float
+    hop: float
+    sample_rate: int
+    probe: str
+    classes: str
+    train_set: str
+    format: int = FORMAT
+
+    def digest(self) -> str:
+        """16 hex digits naming the cache folder."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TeacherOutput:
+    """What :func:`compute_teacher` gives.
+
+    Attributes:
+        logits: stage -> float32 ``(n_clips, n_classes)``, rows in ``datamodule.clips(stage)`` order.
+        accuracy: stage -> teacher accuracy (fraction) on the stage's labelled clips.
+        fit_clips: paths of the clips the probe was fitted on (the training stage's).
+        key: the cache key.
+        folder: the cache folder (None without a cache).
+        computed: clips whose logits were computed now (the others came from the cache).
+    """
+
+    logits: dict[str, torch.Tensor]
+    accuracy: dict[str, float]
+    fit_clips: list[str]
+    key: TeacherKey
+    folder: Optional[Path]
+    computed: int = 0
+
+
+def default_cache_dir() -> Path:
+    """``$SP4SC_CACHE`` or ``~/.cache/sp4sc`` (``teacher/`` and ``embeddings/`` live inside)."""
+    from sp4sc.data.toy import default_cache_root
+
+    return default_cache_root()
+
+
+def _train_set_digest(clips: Sequence, stamps: dict[str, dict[str, int]]) -> str:
+    rows = [[c.path, int(c.label), stamps[c.path]["size"], stamps[c.path]["mtime_ns"]] for c in clips]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def teacher_key(cfg: TeacherConfig, classes: Sequence[str], train_clips: Sequence, root: Path,
+                stamps: dict[str, dict[str, int]] | None = None) -> TeacherKey:
+    """The cache key of a teacher for a training set (see the module docstring)."""
+    from sp4sc.probes.cache import file_stamp
+    from sp4sc.probes.encoders import create_encoder
+
+    if stamps is None:
+        stamps = {c.path: file_stamp(root / c.path) for c in train_clips}
+    bundle = create_encoder(cfg.encoder)  # unbuilt: its name and rate
+    probe = json.dumps({**asdict(cfg.probe), "seed": cfg.seed}, sort_keys=True)
+    return TeacherKey(
+        encoder=cfg.encoder, weights=cfg.weights_identity(), dt=float(cfg.dt),
+        hop=float(cfg.dt if cfg.hop is None else cfg.hop), sample_rate=int(bundle.sample_rate), probe=probe,
+        classes=json.dumps([str(c) for c in classes]), train_set=_train_set_digest(train_clips, stamps),
+    )
+
+
+def _resolve_device(name: str) -> torch.device:
+    from sp4sc.probes.sweep import resolve_device
+
+    try:
+        return resolve_device(name)
+    except Sp4scError:
+        raise Sp4scError(f"{ARG}.device {name}: no CUDA GPU visible; use cpu or auto") from None
+
+
+class _Teacher:
+    """Builds what is needed, once: the encoder, the clip embeddings, the probe."""
+
+    def __init__(self, cfg: TeacherConfig, root: Path, n_classes: int, folder: Optional[Path],
+                 cache_top: Optional[Path]):
+        self.cfg = cfg
+        self.root = root
+        self.n_classes = n_classes
+        self.folder = folder
+        self.cache_top = cache_top
+        self.bundle = None
+        self.probe = None
+
+    def encoder(self):
+        if self.bundle is None:
+            from sp4sc.probes.encoders import create_encoder, load_encoder
+            from sp4sc.probes.sweep import check_dts
+
+            cfg = self.cfg
+            check_dts(create_encoder(cfg.encoder), [cfg.dt])
+            self.bundle = load_encoder(cfg.encoder, ckpt=None if cfg.random_init else Path(cfg.ckpt).expanduser(),
+                                       random_init=cfg.random_init, seed=cfg.init_seed,
+                                       device=_resolve_device(cfg.device))
+            if self.bundle.random_init:
+                from sp4sc.log import logger
+                from sp4sc.probes.sweep import RANDOM_INIT_NOTE
+
+                logger.warning(f"distillation teacher {self.bundle.name}: {RANDOM_INIT_NOTE}")
+        return self.bundle
+
+    def clip_embeddings(self, paths: list[str]) -> np.ndarray:
+        """Mean window embedding of each clip, float32 ``(n, dim)``."""
+        from sp4sc.probes.extract import embed_clips
+
+        emb_cache = None if self.cache_top is None else self.cache_top / "embeddings"
+        embs, _ = embed_clips(self.encoder(), self.root, paths, dt=self.cfg.dt, hop=self.cfg.hop,
+                              cache_dir=emb_cache, batch_size=self.cfg.batch_size)
+        return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in embs])
+
+    def fitted_probe(self, train_clips: Sequence):
+        """The probe: read from the cache folder, or fitted on ``train_clips`` (and stored)."""
+        if self.probe is not None:
+            return self.probe
+        from sp4sc.probes.probe import make_probe_module
+
+        path = None if self.folder is None else self.folder / "probe.pt"
+        if path is not None and path.is_file():
+            from sp4sc.checkpoint import check_state_dict, read_checkpoint
+
+            state = read_checkpoint(path)  # weights_only=True
+            if not isinstance(state.get("mean"), torch.Tensor):
+                raise Sp4scError(f"{path}: not a teacher probe (no 'mean'); delete the folder {self.folder}")
+            dim = int(state["mean"].shape[0])
+            module = make_probe_module(dim, self.n_classes, self.cfg.probe, np.zeros(dim), np.ones(dim))
+            check_state_dict(module, state, f"{path} (delete the folder {self.folder} to refit)")
+            self.probe = module.eval()
+            return self.probe
+        paths = [c.path for c in train_clips]
+        x = self.clip_embeddings(paths)  # (n_train, dim)
+        y = np.array([c.label for c in train_clips], dtype=np.int64)
+        # selection on the training clips themselves: no validation clip is ever seen
+        self.probe = train_probe(x, y, x, y, self.n_classes, self.cfg.probe, self.cfg.seed)
+        if self.folder is not None:
+            from sp4sc.fileio import atomic_path, write_json
+
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save({k: v.detach().cpu().clone() for k, v in self.probe.state_dict().items()}, tmp)
+            with torch.inference_mode():
+                train_acc = float((self.probe(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+            write_json(self.folder / "probe.json", {
+                "format": FORMAT, "config": {**self.cfg.to_dict(), "cache_dir": None}, "fit_clips": paths,
+                "labels": y.tolist(), "train_accuracy": train_acc,
+            })
+        return self.probe
+
+    def logits(self, paths: list[str], train_clips: Sequence) -> np.ndarray:
+        """Teacher logits ``(n, n_classes)`` of clips."""
+        probe = self.fitted_probe(train_clips)
+        x = self.clip_embeddings(paths)
+        with torch.inference_mode():
+            return probe(torch.from_numpy(x)).float().numpy()
+
+
+def train_probe(*args, **kwargs):
+    """:func:`sp4sc.probes.probe.train_probe` (a module-level name, so tests can watch what it is fed)."""
+    from sp4sc.probes.probe import train_probe as fit
+
+    return fit(*args, **kwargs)
+
+
+def compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str] = ("train",),
+                    use_cache: bool = True) -> TeacherOutput:
+    """Teacher logits of every clip of the given stages, from the cache or computed (and cached).
+
+    Args:
+        datamodule: a :class:`~sp4sc.data.datamodule.SceneDataModule` (or anything with
+            ``clips(stage)``, ``classes`` and ``index().root``).
+        cfg: the teacher.
+        stages: stages whose clips get logits (``"train"`` is what distillation needs).
+        use_cache: read and write the teacher and embedding caches.
+
+    Returns:
+        the logits per stage (rows in ``datamodule.clips(stage)`` order) and what they came from.
+
+    The random streams of the caller (torch's CPU generator, numpy's and Python's global ones) are
+    left as they were: a fit that computes its teacher first starts from the same weights and
+    draws the same batches as one that does not.
+    """
+    import random
+
+    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        return _compute_teacher(datamodule, cfg, stages, use_cache)
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str], use_cache: bool) -> TeacherOutput:
+    from sp4sc.probes.cache import EmbeddingCache, file_stamp
+
+    cfg.check_weights()
+    classes = [str(c) for c in datamodule.classes]
+    root = Path(datamodule.index().root)
+    train = list(datamodule.clips("train"))
+    if not train:
+        raise Sp4scError(f"{ARG}: the training split of {root} is empty; the teacher's probe needs labelled clips")
+    unlabelled = [c.path for c in train if c.label is None]
+    if unlabelled:
+        raise Sp4scError(f"{ARG}: {len(unlabelled)} training clips without a label (e.g. {unlabelled[0]}); "
+                         "the teacher's probe needs labelled clips")
+    per_stage = {s: list(datamodule.clips(s)) for s in dict.fromkeys(("train", *stages))}
+    needed: dict[str, Any] = {}
+    for clips in per_stage.values():
+        for c in clips:
+            needed.setdefault(c.path, c)
+    stamps = {p: file_stamp(root / p) for p in needed}
+    key = teacher_key(cfg, classes, train, root, stamps)
+    top = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if use_cache else None
+    folder = None if top is None else top / "teacher" / key.encoder / key.digest()
+    cache = None if folder is None else EmbeddingCache(top / "teacher", key, len(classes))
+    missing = [p for p in needed if cache is None or not cache.valid(p, stamps[p])]
+    rows: dict[str, np.ndarray] = {}
+    if missing:
+        from sp4sc.log import logger
+
+        logger.info(f"distillation teacher: {cfg.encoder} + probe at dt={cfg.dt:g} s, logits of {len(missing)} clips"
+                    + (f" (cache {folder})" if folder is not None else ""))
+        teacher = _Teacher(cfg, root, len(classes), folder, top)
+        new = teacher.logits(missing, train)  # (n_missing, n_classes)
+        if cache is not None:
+            cache.add([(p, stamps[p], new[i : i + 1]) for i, p in enumerate(missing)])
+        rows = {p: new[i] for i, p in enumerate(missing)}
+    logits: dict[str, torch.Tensor] = {}
+    accuracy: dict[str, float] = {}
+    for stage in stages:
+        clips = per_stage[stage]
+        arr = np.stack([rows[c.path] if c.path in rows else np.asarray(cache.get(c.path))[0] for c in clips]) \
+            if clips else np.zeros((0, len(classes)), dtype=np.float32)
+        logits[stage] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        labelled = [(i, c.label) for i, c in enumerate(clips) if c.label is not None]
+        if labelled:
+            idx, lab = zip(*labelled)
+            accuracy[stage] = float((arr[list(idx)].argmax(axis=1) == np.array(lab)).mean())
+    return TeacherOutput(logits=logits, accuracy=accuracy, fit_clips=[c.path for c in train], key=key,
+                         folder=folder, computed=len(missing))
+
+
+def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, *,
+                   stages: Sequence[str] = ("train", "val"), **settings: Any) -> dict[str, torch.Tensor]:
+    """Teacher logits per stage, float32 ``(n_clips, n_classes)`` in ``datamodule.clips(stage)`` order.
+
+    Args:
+        datamodule: the run's :class:`~sp4sc.data.datamodule.SceneDataModule`.
+        config: a :class:`TeacherConfig` or its dict; or give its keys as keyword arguments
+            (``encoder="efficientat_mn04", ckpt=PATH, dt=1.0``).
+        stages: the stages to return.
+    """
+    if isinstance(config, TeacherConfig):
+        if settings:
+            raise Sp4scError("teacher_logits: give a TeacherConfig or keyword settings, not both")
+        cfg = config
+    else:
+        cfg = TeacherConfig.from_dict({**(config or {}), **settings})
+    return compute_teacher(datamodule, cfg, stages).logits
+
+
+__all__ = ["TeacherConfig", "TeacherKey", "TeacherOutput", "compute_teacher", "teacher_logits", "teacher_key"]
