@@ -10,12 +10,13 @@ recipe sets them (then they must agree). Training options follow SP4ASC:
 cross-entropy or focal loss, mixup, SpecAugment stripes, AdamW with cosine
 annealing per epoch down to ``eta_min``.
 
-Validation and test share one evaluation step: accuracy, class-averaged
-accuracy, DCASE log loss, class- and device-wise accuracy and log loss
-(:class:`sp4sc.metrics.SceneMetrics`, synced across DDP ranks), and a
-confusion-matrix figure for TensorBoard. The last report of each stage is kept
-in :attr:`SceneClassifier.reports` (plain dicts, see
-:func:`sp4sc.metrics.dcase_results`).
+Validation and test share one evaluation step; their bookkeeping (accuracy,
+class-averaged accuracy, DCASE log loss, class- and device-wise figures synced
+across DDP ranks, the confusion figure for TensorBoard, the reports) lives in
+:class:`sp4sc.metrics.StageEvaluation`. The last report of each stage is
+:attr:`SceneClassifier.reports` (plain dicts, see
+:func:`sp4sc.metrics.dcase_results`). How the model trains on a CPU (CPU path,
+torch.compile, bf16) is chosen by :mod:`sp4sc.cpu_training` when fitting starts.
 
 Checkpoints carry ``checkpoint["sp4sc"]`` (:func:`sp4sc.checkpoint.model_spec`),
 so :func:`sp4sc.checkpoint.load_model` rebuilds the backbone from a Lightning
@@ -49,7 +50,7 @@ from torch import nn
 from sp4sc.constants import DEVICES
 from sp4sc.data.augment import SpecAugment, mixup
 from sp4sc.errors import Sp4scError
-from sp4sc.metrics import SceneMetrics, confusion_figure
+from sp4sc.metrics import StageEvaluation
 
 LOSSES = ("ce", "focal")
 STAGES = ("val", "test")
@@ -226,12 +227,8 @@ class SceneClassifier(pl.LightningModule):
         self.arch_name: str = self.hparams["backbone"]
         self.classes: Optional[list[str]] = None
         self.frontend_cfg = None
-        self.device_names: list[str] = []
-        self._device_index: dict[str, int] = {}
-        self.metrics = nn.ModuleDict()
-        self.reports: dict[str, dict[str, Any]] = {}
-        self._train_fn = None  # compiled training forward (kept out of the module tree and state dict)
-        self._train_bf16 = False
+        self.evaluation = StageEvaluation(STAGES)  # metrics, reports and figures of val/test
+        self._cpu = None  # sp4sc.cpu_training.CpuTraining, chosen when fitting starts
         self.train_setup: dict[str, Any] = {}
         if self.kd_config is not None:
             self.hparams["kd_teacher"] = self.kd_config.to_dict()  # plain types: weights_only loads it
@@ -263,11 +260,6 @@ class SceneClassifier(pl.LightningModule):
         self.hparams["num_classes"] = len(classes)
         if frontend_cfg is not None:
             self.frontend_cfg = frontend_cfg
-        names = [str(d) for d in devices if d is not None]
-        names += [d for d in DEVICES if d not in names]
-        if self.device_names[: len(names)] != names:
-            self.device_names = names
-            self._device_index = {d: i for i, d in enumerate(names)}
         if self.backbone is None:
             kwargs = dict(self.hparams.get("backbone_kwargs") or {})
             kwargs.setdefault("n_classes", len(classes))
@@ -288,10 +280,7 @@ class SceneClassifier(pl.LightningModule):
             if n is not None and n != len(classes):
                 raise Sp4scError(f"the backbone predicts {n} classes but the data has {len(classes)}; "
                                  "set n_classes from the data (leave backbone_kwargs.n_classes out)")
-        if set(self.metrics.keys()) != set(STAGES) or any(
-            m.device_names != self.device_names or m.num_classes != len(classes) for m in self.metrics.values()
-        ):
-            self.metrics = nn.ModuleDict({s: SceneMetrics(len(classes), self.device_names) for s in STAGES})
+        self.evaluation.configure(len(classes), devices, known=DEVICES)
 
     def _prepare_backbone(self) -> None:
         if self.hparams.get("fast_path"):
@@ -413,67 +402,22 @@ class SceneClassifier(pl.LightningModule):
         self.setup_cpu_training()
 
     def setup_cpu_training(self) -> dict[str, Any]:
-        """Choose the CPU training path, torch.compile and bf16 autocast for this run (a no-op off CPU).
+        """Choose the CPU training path, torch.compile and bf16 autocast for this run (:mod:`sp4sc.cpu_training`).
 
         Returns (and keeps in :attr:`train_setup`) what was chosen, for logs and benchmarks.
         """
-        from sp4sc import cpu
-        from sp4sc.log import logger as log
+        from sp4sc.cpu_training import CpuTraining, choose
 
-        object.__setattr__(self, "_train_fn", None)
-        self._train_bf16 = False
-        setup: dict[str, Any] = {"device": self.device.type, "cpu_path": False, "compile": False, "bf16": False}
-        if self.device.type != "cpu" or self.backbone is None:
-            self.train_setup = setup
-            return setup
-        setup["keep_freed_memory"] = cpu.keep_freed_memory()  # no page faults per step on large maps
-        want_path = self.hparams.get("cpu_path")
-        if want_path is None or want_path:
-            if hasattr(self.backbone, "set_cpu_path"):
-                self.backbone.set_cpu_path(True)
-                setup["cpu_path"] = True
-            elif want_path:
-                log.info("--model.cpu_path: backbone %r has no CPU path; training it as it is",
-                         self.hparams["backbone"])
-        want_compile = self.hparams.get("compile_backbone")
-        if want_compile is None:
-            want_compile = os.environ.get("SP4SC_COMPILE", "1") != "0" and cpu.cxx_compiler() is not None
-        elif want_compile and cpu.cxx_compiler() is None:
-            log.info("torch.compile needs a C++ compiler (g++ or clang++) and none was found: "
-                     "training in eager mode")
-            want_compile = False
-        if want_compile:
-            object.__setattr__(self, "_train_fn", torch.compile(self.backbone, dynamic=False))
-            setup["compile"] = True
-        want_bf16 = self.hparams.get("cpu_bf16")
-        if want_bf16 is None:
-            want_bf16 = cpu.has_native_bf16()
-        elif want_bf16 and not cpu.has_native_bf16():
-            log.info("--model.cpu_bf16: this CPU has no native bf16 (avx512_bf16 or AMX): training in fp32")
-            want_bf16 = False
-        self._train_bf16 = bool(want_bf16)
-        setup["bf16"] = self._train_bf16
-        self.train_setup = setup
-        return setup
+        h = self.hparams
+        self._cpu = CpuTraining(setup={"device": self.device.type}) if self.backbone is None else choose(
+            self.backbone, self.device.type, h.get("cpu_path"), h.get("compile_backbone"), h.get("cpu_bf16"),
+            name=self.arch_name)
+        self.train_setup = self._cpu.setup
+        return self.train_setup
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward: compiled and under bf16 autocast where :meth:`setup_cpu_training` chose so."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._train_bf16):
-            fn = self._train_fn
-            if fn is None:
-                return self(x)
-            try:
-                return fn(x)  # (batch, classes)
-            except Sp4scError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - inductor/compiler failures: fall back, never fail
-                from sp4sc.log import logger
-
-                first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                logger.info("torch.compile failed (%s); training in eager mode", first)
-                object.__setattr__(self, "_train_fn", None)
-                self.train_setup["compile"] = False
-                return self(x)
+        return self(x) if self._cpu is None else self._cpu.forward(self, x)
 
     def on_train_epoch_end(self) -> None:
         opt = self.optimizers()
@@ -505,20 +449,12 @@ class SceneClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------- evaluation
 
-    def _device_indices(self, batch: dict[str, Any], n: int) -> torch.Tensor:
-        dev = batch.get("device")
-        if dev is None:
-            return torch.full((n,), -1, dtype=torch.long)
-        if isinstance(dev, torch.Tensor):
-            return dev.long()
-        return torch.tensor([self._device_index.get(str(d), -1) for d in dev], dtype=torch.long)
-
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         """The one evaluation step shared by validation and test."""
         x, y = batch["x"], batch["y"]
         logits = self(x)  # (batch, classes)
         loss = F.cross_entropy(logits.float(), y)
-        self.metrics[stage].update(logits, y, self._device_indices(batch, y.shape[0]).to(y.device))
+        self.evaluation.update(stage, logits, y, batch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
         return loss
 
@@ -528,45 +464,20 @@ class SceneClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "test")
 
-    def _end_of_eval(self, stage: str) -> None:
-        metric = self.metrics[stage]
-        if self.trainer.sanity_checking:
-            metric.reset()
-            return
-        r = metric.compute()  # synced across ranks (sums)
-        bar = stage == "val"
-        self.log(f"{stage}/acc", r["acc"].float(), prog_bar=bar)
-        self.log(f"{stage}/macro_acc", r["macro_acc"].float(), prog_bar=bar)
-        self.log(f"{stage}/logloss", r["logloss"].float(), prog_bar=bar)
-        report = metric.report(self.classes)
-        for name, v in report["class_wise"].items():
-            self.log(f"{stage}_class/acc_{name}", v["accuracy"])
-            self.log(f"{stage}_class/logloss_{name}", v["logloss"])
-        for name, v in report["device_wise"].items():
-            self.log(f"{stage}_device/acc_{name}", v["accuracy"])
-            self.log(f"{stage}_device/logloss_{name}", v["logloss"])
-        report["confusion"] = r["confusion"].long().tolist()
-        self.reports[stage] = report
-        if self.hparams.get("log_confusion") and self.global_rank == 0:
-            self._log_figure(stage, r["confusion"].cpu().numpy())
-        metric.reset()
-
-    def _log_figure(self, stage: str, confusion) -> None:
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                import matplotlib.pyplot as plt
-
-                fig = confusion_figure(confusion, self.classes, f"{stage} confusion, epoch {self.current_epoch}")
-                logger.experiment.add_figure(f"{stage}/confusion", fig, global_step=self.global_step)
-                plt.close(fig)
-
     def on_validation_epoch_end(self) -> None:
-        self._end_of_eval("val")
+        self.evaluation.finish(self, "val", self.classes, self.hparams.get("log_confusion", True))
 
     def on_test_epoch_end(self) -> None:
-        self._end_of_eval("test")
+        self.evaluation.finish(self, "test", self.classes, self.hparams.get("log_confusion", True))
+
+    @property
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """The last report of each evaluated stage (:func:`sp4sc.metrics.dcase_results` layout + ``confusion``)."""
+        return self.evaluation.reports
+
+    @property
+    def device_names(self) -> list[str]:
+        return self.evaluation.device_names
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         probs = torch.softmax(self(batch["x"]).float(), dim=1)  # (batch, classes)

@@ -270,3 +270,88 @@ def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "confu
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     return fig
+
+
+class StageEvaluation(torch.nn.Module):
+    """The validation/test bookkeeping of a scene classifier, kept out of its LightningModule.
+
+    One :class:`SceneMetrics` per stage (DDP-synced), the device-name index that turns a
+    batch's device names into metric rows, and the end-of-stage work: log the scalars
+    (overall, per class, per device), build the report (:func:`dcase_results` layout plus
+    ``"confusion"``) and add the confusion figure to TensorBoard.
+
+    Args:
+        stages: stage names (``("val", "test")``).
+    """
+
+    def __init__(self, stages: Sequence[str] = ("val", "test")):
+        super().__init__()
+        self.stages = tuple(stages)
+        self.per_stage = torch.nn.ModuleDict()
+        self.device_names: list[str] = []
+        self._device_index: dict[str, int] = {}
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    def configure(self, num_classes: int, devices: Sequence[str], known: Sequence[str] = ()) -> None:
+        """Set the class count and the device names (the data's first, then ``known`` ones not listed)."""
+        names = [str(d) for d in devices if d is not None]
+        names += [d for d in known if d not in names]
+        if self.device_names[: len(names)] != names:
+            self.device_names = names
+            self._device_index = {d: i for i, d in enumerate(names)}
+        if set(self.per_stage.keys()) != set(self.stages) or any(
+            m.device_names != self.device_names or m.num_classes != num_classes for m in self.per_stage.values()
+        ):
+            self.per_stage = torch.nn.ModuleDict({s: SceneMetrics(num_classes, self.device_names) for s in self.stages})
+
+    def device_indices(self, batch: dict[str, Any], n: int) -> torch.Tensor:
+        """Metric row of each clip of ``batch`` (-1: unknown device)."""
+        dev = batch.get("device")
+        if dev is None:
+            return torch.full((n,), -1, dtype=torch.long)
+        if isinstance(dev, torch.Tensor):
+            return dev.long()
+        return torch.tensor([self._device_index.get(str(d), -1) for d in dev], dtype=torch.long)
+
+    def update(self, stage: str, logits: torch.Tensor, y: torch.Tensor, batch: dict[str, Any]) -> None:
+        self.per_stage[stage].update(logits, y, self.device_indices(batch, y.shape[0]).to(y.device))
+
+    def finish(self, module, stage: str, classes: Sequence[str], log_confusion: bool = True) -> dict | None:
+        """Log ``stage``'s results through ``module.log``, keep and return its report, reset the metric.
+
+        Nothing is logged or kept during Lightning's sanity check.
+        """
+        metric = self.per_stage[stage]
+        if module.trainer.sanity_checking:
+            metric.reset()
+            return None
+        r = metric.compute()  # synced across ranks (sums)
+        bar = stage == "val"
+        module.log(f"{stage}/acc", r["acc"].float(), prog_bar=bar)
+        module.log(f"{stage}/macro_acc", r["macro_acc"].float(), prog_bar=bar)
+        module.log(f"{stage}/logloss", r["logloss"].float(), prog_bar=bar)
+        report = metric.report(classes)
+        for name, v in report["class_wise"].items():
+            module.log(f"{stage}_class/acc_{name}", v["accuracy"])
+            module.log(f"{stage}_class/logloss_{name}", v["logloss"])
+        for name, v in report["device_wise"].items():
+            module.log(f"{stage}_device/acc_{name}", v["accuracy"])
+            module.log(f"{stage}_device/logloss_{name}", v["logloss"])
+        report["confusion"] = r["confusion"].long().tolist()
+        self.reports[stage] = report
+        if log_confusion and module.global_rank == 0:
+            self._log_figure(module, stage, r["confusion"].cpu().numpy(), classes)
+        metric.reset()
+        return report
+
+    @staticmethod
+    def _log_figure(module, stage: str, confusion, classes: Sequence[str]) -> None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        for logger in module.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                import matplotlib.pyplot as plt
+
+                fig = confusion_figure(confusion, classes, f"{stage} confusion, epoch {module.current_epoch}")
+                logger.experiment.add_figure(f"{stage}/confusion", fig, global_step=module.global_step)
+                plt.close(fig)
