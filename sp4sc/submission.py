@@ -283,6 +283,16 @@ def build_meta(
         desc["complexity_management"] = f"{prev}; {over_budget}" if prev else over_budget
     system["complexity"] = dict(complexity)
     system.setdefault("external_datasets", "")
+    teacher = ((provenance or {}).get("distillation") or {}).get("teacher") or {}
+    if teacher.get("encoder"):
+        # DCASE asks for every external resource: a distilled student learnt from a pre-trained teacher
+        usage = f"knowledge distillation from a frozen pre-trained {teacher['encoder']} + linear probe (teacher)"
+        desc["external_data_usage"] = usage if not desc.get("external_data_usage") else \
+            f"{desc['external_data_usage']}; {usage}"
+        if str(teacher["encoder"]).startswith("efficientat") and not system.get("external_datasets"):
+            system["external_datasets"] = [{"name": "AudioSet (through the EfficientAT teacher's pre-training)",
+                                            "url": "https://research.google.com/audioset/",
+                                            "total_audio_length": 347387}]  # minutes: 2,084,320 clips of 10 s
     system.setdefault("source_code", "")
     meta["results"] = results if results is not None else empty_results()
     if provenance:
@@ -485,6 +495,9 @@ def make_submission(
     for key in ("macs_thop", "macs_torchinfo", "input_shape"):
         if report.get(key) is not None:
             provenance[key] = to_plain(report[key])
+    distillation = (loaded.meta or {}).get("distillation")
+    if distillation:
+        provenance["distillation"] = to_plain(distillation)
     meta = build_meta(
         tmpl,
         label=label,

@@ -338,3 +338,17 @@ def test_demo_meta_data_augmentation_comes_from_the_recipe(tmp_path, toy, ckpt, 
     res = demo_steps.write_demo_submission(ckpt, toy, tmp_path, data_augmentation=text(demo), echo=lambda s: None)
     meta = yaml.safe_load((res.path / f"{res.label}.meta.yaml").read_text())
     assert meta["system"]["description"]["data_augmentation"] == "SpecAugment"
+
+
+def test_meta_declares_a_distillation_teacher():
+    from sp4sc.submission import build_meta
+
+    prov = {"distillation": {"kd_lambda": 0.9, "teacher": {"encoder": "efficientat_mn04", "dt": 5.0}}}
+    meta = build_meta({"system": {"description": {}}}, label="Doe_X_task1a_1", complexity={}, sample_rate=44100,
+                      results=None, provenance=prov)
+    assert "knowledge distillation" in meta["system"]["description"]["external_data_usage"]
+    assert "efficientat_mn04" in meta["system"]["description"]["external_data_usage"]
+    assert meta["system"]["external_datasets"][0]["name"].startswith("AudioSet")
+    plain = build_meta({"system": {"description": {}}}, label="Doe_X_task1a_1", complexity={}, sample_rate=44100,
+                       results=None, provenance={"model": "sp4sc"})
+    assert plain["system"]["external_datasets"] == "" and not plain["system"]["description"].get("external_data_usage")
