@@ -95,6 +95,7 @@ def test_cv_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert a["confusion"] == b["confusion"] and sum(map(sum, a["confusion"])) == 12  # 2 folds x 6 clips
     assert a["mean"]["epochs"] == 3
     assert (killed / "cv.md").read_text().count("|") > 20
+    assert "| accuracy, all clips |" in (killed / "metrics.md").read_text()
     for png in ("cv.png", "confusion.png"):
         assert (killed / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert json.loads((killed / "fold2" / "result.json").read_text())["resumed"] is True

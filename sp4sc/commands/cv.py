@@ -13,7 +13,8 @@ the test fold here, so picking the best epoch on it would flatter the score).
 Then ``cv.json`` (per fold and mean +/- std of accuracy, class-averaged
 accuracy, log loss, epochs, wall time), ``cv.md``, ``cv.png`` (per-fold
 accuracy and the confusion matrix summed over the folds) and ``confusion.png``
-(the summed counts and their row-normalised rates).
+(the summed counts and their row-normalised rates) with ``metrics.md`` (the
+pooled clips of all folds: accuracy overall and per class, log loss).
 """
 
 from __future__ import annotations
@@ -148,6 +149,27 @@ def summarise(results: list[dict[str, Any]], recipe: str, command: str) -> dict[
     return summary
 
 
+def pooled_results(results: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """All folds' validation clips pooled, in the :func:`sp4sc.metrics.dcase_results` layout.
+
+    Class-wise accuracy comes from the summed confusion matrix; the log loss is the clip mean
+    over all folds (each fold's mean weighted by its clip count); no per-class log loss.
+    """
+    cm = summary["confusion"]
+    classes = summary.get("classes") or [str(i) for i in range(len(cm))]
+    rows = [sum(r) for r in cm]
+    class_acc = {c: (cm[i][i] / rows[i] if rows[i] else None) for i, c in enumerate(classes)}
+    counts = [sum(map(sum, r["confusion"])) for r in results]
+    known = [a for a in class_acc.values() if a is not None]
+    return {
+        "overall": {"accuracy": sum(known) / len(known) if known else None,
+                    "micro_accuracy": sum(cm[i][i] for i in range(len(cm))) / max(1, sum(rows)),
+                    "logloss": sum(r["logloss"] * n for r, n in zip(results, counts)) / max(1, sum(counts))},
+        "class_wise": {c: {"accuracy": a, "logloss": None} for c, a in class_acc.items()},
+        "device_wise": {},
+    }
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """``cv.md``: one row per fold, then mean +/- std."""
     lines = [f"# Cross-validation of `{summary['recipe']}`", "",
@@ -230,10 +252,11 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
     write_text(out / "cv.md", markdown(summary))
     plot(summary, out / "cv.png")
     if summary.get("confusion"):
-        from sp4sc.report import write_confusion_png
+        from sp4sc.report import write_confusion_png, write_metrics_md
 
-        write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png",
-                            title=f"{Path(args.config).stem}: {len(results)} folds summed")
+        title = f"{Path(args.config).stem}: {len(results)} folds summed"
+        write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png", title=title)
+        write_metrics_md(pooled_results(results, summary), out / "metrics.md", title=title)
     return summary | {"out": str(out)}
 
 
@@ -241,7 +264,7 @@ def main_argv(argv: list[str]) -> int:
     summary = run_cv(argv)
     m, s = summary["mean"], summary["std"]
     print(f"{len(summary['folds'])} folds: accuracy {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} %, "
-          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png, confusion.png", flush=True)
+          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png, confusion.png, metrics.md", flush=True)
     return 0
 
 
