@@ -352,6 +352,19 @@ def _probe_compare_row(bundle: EncoderBundle, row: dict, cost: list[dict], n_cla
     }
 
 
+def _folded_size(loaded) -> tuple[int, float]:
+    """Parameters and thop MACs of one clip at the front end's length, on the BatchNorm-folded model."""
+    import thop
+
+    from sp4sc.fold import fold_batchnorm
+
+    fe = loaded.frontend
+    folded = fold_batchnorm(loaded.model)
+    params = sum(t.numel() for t in folded.parameters())
+    macs, _ = thop.profile(copy.deepcopy(folded), inputs=(torch.zeros(1, 1, fe.n_frames, fe.n_mels),), verbose=False)
+    return int(params), float(macs)
+
+
 def compare_checkpoint(path: str | os.PathLike, data: StudyData) -> dict:
     """Accuracy and log loss of an sp4sc model file on the study's eval clips, with its size.
 
@@ -387,9 +400,7 @@ def compare_checkpoint(path: str | os.PathLike, data: StudyData) -> dict:
             probs.append(torch.softmax(logits.float(), dim=-1).numpy())
     p = np.concatenate(probs)[:, order]
     y = np.array([c.label for c in clips])
-    folded = fold_batchnorm(loaded.model)
-    params = sum(t.numel() for t in folded.parameters())
-    macs, _ = thop.profile(copy.deepcopy(folded), inputs=(torch.zeros(1, 1, fe.n_frames, fe.n_mels),), verbose=False)
+    params, macs = _folded_size(loaded)
     return {
         "name": f"{loaded.name} ({Path(path).name})",
         "kind": "checkpoint",
@@ -426,9 +437,7 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
     first = folder / f"fold{folds[0]['fold']}" / "checkpoints" / "last.ckpt"
     loaded = load_model(first)
     fe = loaded.frontend
-    folded = fold_batchnorm(loaded.model)
-    params = sum(t.numel() for t in folded.parameters())
-    macs, _ = thop.profile(copy.deepcopy(folded), inputs=(torch.zeros(1, 1, fe.n_frames, fe.n_mels),), verbose=False)
+    params, macs = _folded_size(loaded)
     return {
         "name": f"{loaded.name} from scratch ({len(folds)}-fold cv, {Path(summary['recipe']).name})",
         "kind": "cv",
