@@ -59,7 +59,6 @@ class SweepConfig:
         aggregations: aggregations to report.
         probe: probe training settings.
     """
-
     encoder: str
     dataset: str
     root: str | None = None
@@ -371,12 +370,9 @@ def compare_checkpoint(path: str | os.PathLike, data: StudyData) -> dict:
     Uses the first fold's eval clips (TAU2020: fold1 evaluate). Parameters and
     MACs per clip (thop) are counted on the BatchNorm-folded model.
     """
-    import thop
-
     from sp4sc.audio import load_audio
     from sp4sc.checkpoint import load_model
     from sp4sc.features import LogMel
-    from sp4sc.fold import fold_batchnorm
     from sp4sc.metrics import accuracy, log_loss, macro_accuracy
 
     loaded = load_model(path)
@@ -422,10 +418,7 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
     last checkpoint on its validation fold, the same folds as the probe's); parameters and MACs
     per clip (thop) are counted on the first fold's checkpoint, BatchNorm folded.
     """
-    import thop
-
     from sp4sc.checkpoint import load_model
-    from sp4sc.fold import fold_batchnorm
 
     folder = Path(folder)
     summary = json.loads((folder / "cv.json").read_text(encoding="utf-8"))
