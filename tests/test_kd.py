@@ -210,6 +210,10 @@ def test_kd_fit_with_lambda_zero_equals_the_plain_fit(esc, tmp_path, monkeypatch
     c = kd.backbone.state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert kd.kd_info["fit_clips"] == 12 and kd.kd_info["accuracy"]["val"] == 1.0
+    # the teacher's confidence at T, per stage, from the same logits the student is trained on
+    expected = torch.softmax(kd.kd_logits / 2.0, dim=1).max(dim=1).values.mean().item()
+    assert kd.kd_info["top_probability"]["train"] == pytest.approx(expected, abs=1e-6)
+    assert 1 / 2 < kd.kd_info["top_probability"]["val"] <= 1.0
 
 
 def test_kd_student_checkpoint_loads_without_the_teacher(esc, tmp_path):
