@@ -101,6 +101,13 @@ def test_bench_train_reports_both_paths_and_the_traffic_bound(capsys, monkeypatc
     assert set(paths) == {"plain", "cpu"} and out["ratios"]["sp4sc"] > 0
     assert paths["cpu"]["traffic_mb_per_clip"] == paths["plain"]["traffic_mb_per_clip"] > 0
     assert out["copy_bandwidth_gbs"] > 0 and paths["plain"]["traffic_bound_clips_per_s"] > 0
+    # compute bound: the matrix-product rate over three forward passes of multiply-adds per clip
+    plain = paths["plain"]
+    assert plain["forward_macs_per_clip"] > 1e6 and out["gemm_gmacs"]["float32"] > 0
+    assert plain["compute_bound_clips_per_s"] == pytest.approx(
+        out["gemm_gmacs"]["float32"] * 1e9 / (3 * plain["forward_macs_per_clip"]))
+    assert plain["achieved_gmacs"] == pytest.approx(plain["clips_per_s"] * 3 * plain["forward_macs_per_clip"] / 1e9)
+    assert 0 < plain["share_of_gemm_rate"] == pytest.approx(plain["achieved_gmacs"] / out["gemm_gmacs"]["float32"])
     assert "AVX-512" in out["cpu"] and out["implied"]["esc10_5folds_200_epochs_h"] > 0
 
 

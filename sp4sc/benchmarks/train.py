@@ -13,7 +13,11 @@ compile time (first step) is reported apart. A memory-traffic estimate reads
 the figure against the machine: the bytes a step must move per clip if each
 activation is written once and read about four times (forward read, saved for
 backward, its gradient written and read), over the measured copy bandwidth,
-gives the clips/s an unfused step cannot beat.
+gives the clips/s an unfused step cannot beat. A compute estimate does the same
+for arithmetic: a train step costs about three forward passes of multiply-adds
+(forward, input gradient, weight gradient), over the rate the same cores reach
+in a large matrix product (fp32, and bf16 where the CPU has it natively), gives
+the clips/s no kernel can beat; the achieved MAC rate is printed as a share of it.
 
 On a GPU: plain and fast path under bf16 autocast with channels-last tensors.
 """
@@ -29,6 +33,7 @@ TAU_TRAIN_CLIPS = 13_962
 ESC10_TRAIN_CLIPS = 320  # per fold; 5 folds
 RECIPE_EPOCHS = 200
 CPU_BATCH = 8
+TRAIN_MACS_PER_FORWARD = 3  # forward + input gradient + weight gradient
 PASSES_PER_ACTIVATION = 5  # write + forward read + saved read + gradient write + gradient read
 
 
@@ -89,6 +94,22 @@ def copy_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def gemm_gmacs(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """Measured multiply-add rate (G MAC/s) of an ``n`` x ``n`` matrix product on the CPU, best of ``repeats``."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b  # first call: allocation and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return n**3 / best / 1e9
+
+
 def activation_elements(model, x) -> int:
     """Elements of every leaf module's output in one forward (per batch): the maps a step moves."""
     import torch
@@ -127,6 +148,9 @@ def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
     x = torch.randn(batch, 1, case.frames, case.mels, device=device) * 10 - 40  # dB-like values
     y = torch.randint(0, 10, (batch,), device=device)
     elements = activation_elements(model, x) // batch
+    from sp4sc.complexity import macs_thop
+
+    macs = macs_thop(model, (1, 1, case.frames, case.mels))  # forward multiply-adds per clip
     bf16 = gpu or (case.path == "cpu" and cpu.has_native_bf16())
     fn = model
     precision = "bf16-autocast, channels_last" if gpu else ("bf16-autocast" if bf16 else "fp32")
@@ -169,7 +193,9 @@ def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
     sync()
     dt = time.perf_counter() - t0
     return {**asdict(case), "batch": batch, "steps": steps, "seconds": dt, "clips_per_s": steps * batch / dt,
-            "first_step_s": first, "precision": precision,
+            "first_step_s": first, "precision": precision, "bf16": bf16,
+            "forward_macs_per_clip": macs,
+            "achieved_gmacs": steps * batch / dt * TRAIN_MACS_PER_FORWARD * macs / 1e9,
             "activation_mb_per_clip": elements * 4 / 1e6,
             "traffic_mb_per_clip": PASSES_PER_ACTIVATION * elements * 4 / 1e6}
 
@@ -205,8 +231,17 @@ def run(args: argparse.Namespace) -> int:
         if case.model in wanted and case.path in paths:
             results.append(measure(case, device, steps, warmup, args.batch or (case.batch if gpu else CPU_BATCH)))
     bandwidth = None if gpu else copy_bandwidth_gbs()
+    gemm = None
+    if not gpu:
+        gemm = {"float32": gemm_gmacs("float32")}
+        if any(r["bf16"] for r in results):
+            gemm["bfloat16"] = gemm_gmacs("bfloat16")
     for r in results:
         r["traffic_bound_clips_per_s"] = (bandwidth * 1e3 / r["traffic_mb_per_clip"]) if bandwidth else None
+        rate = None if gemm is None else gemm["bfloat16" if r["bf16"] else "float32"]
+        r["compute_bound_clips_per_s"] = (rate * 1e9 / (TRAIN_MACS_PER_FORWARD * r["forward_macs_per_clip"])
+                                          if rate else None)
+        r["share_of_gemm_rate"] = r["achieved_gmacs"] / rate if rate else None
     ratios = {}
     for model in ("sp4sc", "cnn6"):
         by = {r["path"]: r["clips_per_s"] for r in results if r["model"] == model}
@@ -222,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                    "tau2020_fold1_200_epochs_h": RECIPE_EPOCHS * TAU_TRAIN_CLIPS / rate_10s / 3600.0,
                    "esc10_5folds_200_epochs_h": 5 * RECIPE_EPOCHS * ESC10_TRAIN_CLIPS / (2 * rate_10s) / 3600.0}
     out = {"device": str(device), "machine": describe(), "machine_line": line(), "cpu": cpu.summary_line(),
-           "copy_bandwidth_gbs": bandwidth, "results": results, "ratios": ratios, "implied": implied}
+           "copy_bandwidth_gbs": bandwidth, "gemm_gmacs": gemm, "results": results, "ratios": ratios, "implied": implied}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -230,13 +265,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"train-step throughput on {device}")
-    cols = ("case", "input", "batch", "precision", "clips/s", "first step (s)", "MB/clip moved", "traffic bound")
+    cols = ("case", "input", "batch", "precision", "clips/s", "first step (s)", "MB/clip moved", "traffic bound",
+            "G MAC/s", "compute bound")
     for col in cols:
         table.add_column(col, justify="left" if col in ("case", "input", "precision") else "right")
     for r in results:
         bound = f"{r['traffic_bound_clips_per_s']:,.1f}" if r["traffic_bound_clips_per_s"] else "-"
+        share = f" ({100 * r['share_of_gemm_rate']:.0f} %)" if r["share_of_gemm_rate"] else ""
+        compute = f"{r['compute_bound_clips_per_s']:,.1f}" if r["compute_bound_clips_per_s"] else "-"
         table.add_row(r["label"], f"{r['frames']} x {r['mels']}", str(r["batch"]), r["precision"],
-                      f"{r['clips_per_s']:,.2f}", f"{r['first_step_s']:.1f}", f"{r['traffic_mb_per_clip']:,.0f}", bound)
+                      f"{r['clips_per_s']:,.2f}", f"{r['first_step_s']:.1f}", f"{r['traffic_mb_per_clip']:,.0f}", bound,
+                      f"{r['achieved_gmacs']:,.1f}{share}", compute)
     console = Console(width=150)
     console.print(table)
     for model, ratio in ratios.items():
@@ -244,6 +283,10 @@ def run(args: argparse.Namespace) -> int:
     if bandwidth:
         console.print(f"memory copy bandwidth {bandwidth:.1f} GB/s; traffic bound = bandwidth / "
                       f"({PASSES_PER_ACTIVATION} passes x activations per clip), an estimate for an unfused step")
+    if gemm:
+        rates = ", ".join(f"{k} {v:,.1f} G MAC/s" for k, v in gemm.items())
+        console.print(f"matrix-product rate of these cores: {rates}; compute bound = that rate / "
+                      f"({TRAIN_MACS_PER_FORWARD} x forward MACs per clip); G MAC/s in brackets: share of it")
     if implied:
         console.print(f"implied by {implied['from']} (train steps only): TAU2020 fold1, 200 epochs: "
                       f"{implied['tau2020_fold1_200_epochs_h']:.1f} h; ESC-10, 5 folds x 200 epochs of 5 s clips: "
