@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sp4sc.constants import DEVICES
-from sp4sc.data.augment import SpecAugment, mixup
+from sp4sc.data.augment import SpecAugment, mixup, random_crop
 from sp4sc.errors import Sp4scError
 from sp4sc.metrics import StageEvaluation
 
@@ -159,6 +159,10 @@ class SceneClassifier(pl.LightningModule):
             on the labels alone (exactly the plain fit, even with a teacher).
         kd_temperature: softmax temperature T of teacher and student in the distillation term
             (> 0; the term is scaled by T²).
+        train_crop: train on a random crop of this many seconds of each clip, a new offset per
+            clip and step (validation and test see whole clips). With a teacher, each crop gets
+            its own teacher target: the probe on the mean embedding of the teacher windows
+            inside the crop (needs ``train_crop >= dt + hop`` of the teacher). None: whole clips.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class SceneClassifier(pl.LightningModule):
         kd_teacher: Optional[dict[str, Any]] = None,
         kd_lambda: float = 0.0,
         kd_temperature: float = 1.0,
+        train_crop: Optional[float] = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -198,6 +203,9 @@ class SceneClassifier(pl.LightningModule):
         if not kd_temperature > 0:
             raise Sp4scError(f"--model.kd_temperature {kd_temperature}: must be > 0 (1 = the teacher's own "
                              "probabilities; higher values soften them)")
+        if train_crop is not None and not train_crop > 0:
+            raise Sp4scError(f"--model.train_crop {train_crop}: give the crop length in seconds (> 0), or null "
+                             "for whole clips")
         if kd_lambda > 0 and kd_teacher is None:
             raise Sp4scError(f"--model.kd_lambda {kd_lambda}: needs a teacher; set --model.kd_teacher "
                              "(e.g. recipes/esc10_sp4sc_kd.yaml) or --model.kd_lambda 0")
@@ -209,6 +217,11 @@ class SceneClassifier(pl.LightningModule):
                 raise Sp4scError(f"--model.kd_teacher: expected a mapping of teacher settings, got {kd_teacher!r}")
             self.kd_config = (kd_teacher if isinstance(kd_teacher, TeacherConfig)
                               else TeacherConfig.from_dict(kd_teacher))
+            hop = self.kd_config.dt if self.kd_config.hop is None else self.kd_config.hop
+            if train_crop is not None and train_crop < self.kd_config.dt + hop - 1e-9:
+                raise Sp4scError(f"--model.train_crop {train_crop:g}: shorter than the teacher's window plus its hop "
+                                 f"({self.kd_config.dt:g} + {hop:g} s), so a crop may hold no whole window; use a "
+                                 "longer crop or a shorter --model.kd_teacher.dt / .hop")
         self.spec_augment = SpecAugment.from_list(spec_augment, fill=spec_augment_fill)
         kwargs = dict(backbone_kwargs or {})
         if isinstance(backbone, nn.Module):
@@ -235,6 +248,7 @@ class SceneClassifier(pl.LightningModule):
         # teacher logits of the training clips (n_train, classes): set in setup("fit"), a plain
         # attribute kept out of the state dict, the checkpoints and the exported model
         self.kd_logits: Optional[torch.Tensor] = None
+        self.kd_windows = None  # sp4sc.probes.teacher.TeacherWindows: labels the crops of train_crop
         self.kd_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ build
@@ -337,6 +351,14 @@ class SceneClassifier(pl.LightningModule):
             "fit_clips": len(out.fit_clips), "accuracy": dict(out.accuracy), "top_probability": confidence,
             "cache": None if out.folder is None else str(out.folder),
         }
+        if self.hparams.get("train_crop") is not None:
+            from sp4sc.probes.teacher import teacher_windows
+
+            self.kd_windows = teacher_windows(dm, cfg)
+            windows = int(torch.isfinite(self.kd_windows.starts).sum(dim=1).max())
+            self.kd_info["crops"] = {"train_crop": self.hparams["train_crop"], "windows_per_clip": windows}
+            logger.info(f"distillation teacher on crops of {self.hparams['train_crop']:g} s: each crop's target is the "
+                        f"probe on the mean of the windows inside it ({windows} windows of {cfg.dt:g} s per clip)")
         acc = ", ".join(f"{s} {100 * a:.1f} %" for s, a in out.accuracy.items())
         conf = ", ".join(f"{s} {p:.3f}" for s, p in confidence.items())
         logger.info(f"distillation teacher {cfg.encoder} ({out.key.weights[:19]}) + probe on the mean embedding at "
@@ -344,10 +366,39 @@ class SceneClassifier(pl.LightningModule):
                     f"mean top probability at T={temperature:g}: {conf}; "
                     f"kd_lambda {self.hparams['kd_lambda']}, temperature {temperature}")
 
-    def _teacher_probs(self, batch: dict[str, Any]) -> Optional[torch.Tensor]:
-        """The teacher's probabilities at temperature T for the clips of a training batch, or None."""
+    def _crop_frames(self, frames: int) -> Optional[int]:
+        """Frames of a ``train_crop`` crop, or None (no crop set, or clips no longer than the crop)."""
+        seconds = self.hparams.get("train_crop")
+        if seconds is None:
+            return None
+        if self.frontend_cfg is None:
+            raise Sp4scError("--model.train_crop needs the front end's frame rate (train through a SceneDataModule)")
+        n = max(1, int(round(seconds * self.frontend_cfg.sample_rate / self.frontend_cfg.hop_length)))
+        return n if n < frames else None
+
+    def _teacher_probs(self, batch: dict[str, Any], offsets: Optional[torch.Tensor] = None,
+                       crop: int = 0) -> Optional[torch.Tensor]:
+        """The teacher's probabilities at temperature T for the clips (or crops) of a training batch, or None.
+
+        Args:
+            batch: the training batch (its ``index`` names the training clips).
+            offsets: ``(batch,)`` first frame of each crop, or None for whole clips.
+            crop: crop length in frames (with ``offsets``).
+        """
         if self.kd_config is None:
             return None
+        if offsets is not None:
+            if self.kd_windows is None:
+                raise Sp4scError("--model.train_crop with a teacher: no teacher windows; train through a Trainer "
+                                 "with a SceneDataModule (they are loaded in setup)")
+            x = batch["x"]
+            if self.kd_windows.embeddings.device != x.device:
+                self.kd_windows.to(x.device)
+            frame_s = self.frontend_cfg.hop_length / self.frontend_cfg.sample_rate
+            begin = offsets.to(device=x.device, dtype=torch.float64) * frame_s
+            index = torch.as_tensor(batch["index"], device=x.device).long()
+            t = self.kd_windows.crop_logits(index, begin, begin + crop * frame_s, tolerance_s=frame_s / 2)
+            return torch.softmax(t / self.hparams["kd_temperature"], dim=1)
         if self.kd_logits is None:
             raise Sp4scError("--model.kd_teacher: no teacher logits; train through a Trainer with a "
                              "SceneDataModule (they are computed in setup)")
@@ -434,8 +485,11 @@ class SceneClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, y = batch["x"], batch["y"]  # (batch, 1, frames, mels), (batch,)
         target = F.one_hot(y, len(self.classes)).float()  # (batch, classes)
-        teacher = self._teacher_probs(batch)  # (batch, classes) or None
         g = self._generator()
+        crop, offsets = self._crop_frames(x.shape[2]), None
+        if crop is not None:
+            x, offsets = random_crop(x, crop, g)  # (batch, 1, crop, mels), (batch,)
+        teacher = self._teacher_probs(batch, offsets, crop or 0)  # (batch, classes) or None
         if self.hparams["mixup_alpha"] > 0:
             if teacher is None:
                 x, target = mixup(x, target, self.hparams["mixup_alpha"], g)

@@ -304,3 +304,96 @@ def test_kd_recipe_runs_through_cv(esc, tmp_path):
     assert load_model(ckpt).name == "sp4sc_w32"
     teacher = list((tmp_path / "kdcache" / "teacher" / FakeEncoder.name).iterdir())
     assert len(teacher) == 1 and json.loads((teacher[0] / "probe.json").read_text())["fit_clips"]
+
+
+# ----------------------------------------------------------------------------- teacher-labelled crops
+
+def test_random_crop_cuts_each_example_at_its_own_offset():
+    from sp4sc.data.augment import random_crop
+
+    x = torch.arange(4 * 10 * 3, dtype=torch.float32).reshape(4, 1, 10, 3)
+    g = torch.Generator().manual_seed(0)
+    crops, offsets = random_crop(x, 4, g)
+    assert crops.shape == (4, 1, 4, 3) and offsets.shape == (4,)
+    for i, o in enumerate(offsets.tolist()):
+        assert 0 <= o <= 6 and torch.equal(crops[i], x[i, :, o : o + 4])
+    seen = set()
+    for _ in range(50):
+        seen.update(random_crop(x, 4, g)[1].tolist())
+    assert seen == set(range(7))  # every position, the last included
+    with pytest.raises(Sp4scError, match="does not fit"):
+        random_crop(x, 11, g)
+
+
+def test_crop_logits_average_the_windows_wholly_inside_the_crop():
+    from sp4sc.probes.teacher import TeacherWindows
+
+    n_windows, dim = 9, 3
+    emb = torch.randn(2, n_windows, dim)
+    starts = torch.arange(n_windows, dtype=torch.float64).repeat(2, 1) * 0.25  # 0, 0.25, ..., 2.0 s
+    starts[1, 7:] = float("inf")  # the second clip has 7 windows
+    emb[1, 7:] = 0
+    probe = torch.nn.Linear(dim, 2)
+    tw = TeacherWindows(embeddings=emb, starts=starts, dt=0.5, hop=0.25, probe=probe)
+    index = torch.tensor([0, 1])
+    out = tw.crop_logits(index, torch.tensor([0.4, 1.0], dtype=torch.float64),
+                         torch.tensor([1.6, 2.5], dtype=torch.float64))
+    # clip 0, crop [0.4, 1.6]: windows starting at 0.5, 0.75, 1.0 (1.25 + 0.5 > 1.6)
+    # clip 1, crop [1.0, 2.5]: windows at 1.0, 1.25, 1.5 (its windows stop at 1.5)
+    want = probe(torch.stack([emb[0, 2:5].mean(0), emb[1, 4:7].mean(0)]))
+    assert torch.allclose(out, want, atol=1e-6)
+    # a crop that holds no whole window is refused, naming the fix
+    with pytest.raises(Sp4scError, match="train_crop >= dt \\+ hop"):
+        tw.crop_logits(index[:1], torch.tensor([0.1], dtype=torch.float64), torch.tensor([0.55], dtype=torch.float64))
+
+
+def test_train_crop_arguments_are_checked():
+    with pytest.raises(Sp4scError, match="train_crop"):
+        SceneClassifier("sp4sc_w32", train_crop=0)
+    with pytest.raises(Sp4scError, match="shorter than the teacher's window plus its hop"):
+        SceneClassifier("sp4sc_w32", train_crop=0.3, kd_teacher={"encoder": FakeEncoder.name, "random_init": True,
+                                                                 "dt": 0.25}, kd_lambda=0.5)
+
+
+def test_crop_fit_trains_on_crops_and_the_teacher_labels_each_crop(esc, tmp_path, monkeypatch):
+    seen_frames, targets = [], []
+    real_forward = SceneClassifier._train_forward
+
+    def watch(self, x):
+        seen_frames.append(x.shape[2])
+        return real_forward(self, x)
+
+    real_probs = SceneClassifier._teacher_probs
+
+    def watch_probs(self, batch, offsets=None, crop=0):
+        p = real_probs(self, batch, offsets, crop)
+        targets.append((offsets, p))
+        return p
+
+    monkeypatch.setattr(SceneClassifier, "_train_forward", watch)
+    monkeypatch.setattr(SceneClassifier, "_teacher_probs", watch_probs)
+    whole = _fit(esc, tmp_path)
+    full_frames = seen_frames[0]
+    seen_frames.clear()
+    # demo front end: 0.5 s clips; crops of 0.3 s; teacher windows of 0.1 s every 0.05 s
+    kd = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path, dt=0.1, hop=0.05), kd_lambda=0.9, kd_temperature=2.0,
+              train_crop=0.3)
+    fe = kd.frontend_cfg
+    crop = round(0.3 * fe.sample_rate / fe.hop_length)
+    assert set(seen_frames) == {crop} and crop < full_frames
+    # 9 whole windows in 0.5 s, plus the zero-padded tail window at 0.45 s (half of it is audio)
+    assert kd.kd_info["crops"] == {"train_crop": 0.3, "windows_per_clip": 10}
+    # each crop has its own target: crops of one clip at other offsets get other teacher probabilities
+    offsets, probs = targets[-1]
+    assert offsets is not None and probs.shape == (offsets.shape[0], 2)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(offsets.shape[0]))
+    index = torch.arange(12)
+    frame_s = fe.hop_length / fe.sample_rate
+    early = kd.kd_windows.crop_logits(index, torch.zeros(12, dtype=torch.float64),
+                                      torch.full((12,), crop * frame_s, dtype=torch.float64), frame_s / 2)
+    late_begin = torch.full((12,), (full_frames - crop) * frame_s, dtype=torch.float64)
+    late = kd.kd_windows.crop_logits(index, late_begin, late_begin + crop * frame_s, frame_s / 2)
+    assert not torch.allclose(early, late)
+    # the student still exports as the plain architecture, and validation saw whole clips
+    a, b = whole.backbone.state_dict(), kd.backbone.state_dict()
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)

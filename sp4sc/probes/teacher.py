@@ -437,6 +437,103 @@ def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str],
                          folder=folder, computed=len(missing))
 
 
+@dataclass
+class TeacherWindows:
+    """A teacher that labels crops of the training clips (``--model.train_crop``).
+
+    A crop's teacher logits are the probe's output on the mean embedding of the teacher
+    windows lying wholly inside the crop (:meth:`crop_logits`): the same system as the
+    clip-level teacher, applied to the part of the clip the student sees. The window
+    embeddings come from the embedding cache, the probe from the teacher cache (fitted on
+    the training clips only, as for :func:`compute_teacher`).
+
+    Attributes:
+        embeddings: float32 ``(n_train, max_windows, dim)``, rows in ``datamodule.clips("train")``
+            order; zero past a clip's last window.
+        starts: float64 ``(n_train, max_windows)`` window starts, s; ``inf`` past a clip's last window.
+        dt: window length, s.
+        hop: hop between windows, s.
+        probe: the fitted probe (eval mode).
+    """
+
+    embeddings: torch.Tensor
+    starts: torch.Tensor
+    dt: float
+    hop: float
+    probe: torch.nn.Module
+
+    def to(self, device: torch.device) -> "TeacherWindows":
+        """The same teacher with its tensors and probe on ``device``."""
+        self.embeddings = self.embeddings.to(device)
+        self.starts = self.starts.to(device)
+        self.probe = self.probe.to(device)
+        return self
+
+    def crop_logits(self, index: torch.Tensor, begin_s: torch.Tensor, end_s: torch.Tensor,
+                    tolerance_s: float = 0.0) -> torch.Tensor:
+        """Teacher logits ``(batch, n_classes)`` of crops ``[begin_s, end_s]`` of training clips ``index``.
+
+        Args:
+            index: ``(batch,)`` rows of the training clips.
+            begin_s: ``(batch,)`` crop starts, s.
+            end_s: ``(batch,)`` crop ends, s.
+            tolerance_s: slack on both ends (half a student frame: crop edges fall on frames).
+        """
+        starts = self.starts.index_select(0, index)  # (batch, windows)
+        emb = self.embeddings.index_select(0, index)  # (batch, windows, dim)
+        inside = (starts >= begin_s[:, None] - tolerance_s) & (starts + self.dt <= end_s[:, None] + tolerance_s)
+        count = inside.sum(dim=1)  # (batch,)
+        if bool((count == 0).any()):
+            i = int(torch.nonzero(count == 0)[0, 0])
+            raise Sp4scError(f"{ARG}: a crop of {float(end_s[i] - begin_s[i]):.2f} s holds no whole teacher window of "
+                             f"{self.dt:g} s (hop {self.hop:g} s); use --model.train_crop >= dt + hop")
+        mean = (emb * inside.unsqueeze(-1).to(emb.dtype)).sum(dim=1) / count.unsqueeze(-1).to(emb.dtype)
+        with torch.no_grad():
+            return self.probe(mean).float()  # (batch, n_classes)
+
+
+def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> TeacherWindows:
+    """The window embeddings of the training clips and the fitted probe (see :class:`TeacherWindows`).
+
+    The probe is the one :func:`compute_teacher` fits and caches for the same training set
+    (read from the cache when it is there). The caller's random streams are left as they were.
+    """
+    import random
+
+    from sp4sc.probes.cache import file_stamp
+
+    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        cfg.check_weights()
+        classes = [str(c) for c in datamodule.classes]
+        root = Path(datamodule.index().root)
+        train = list(datamodule.clips("train"))
+        stamps = {c.path: file_stamp(root / c.path) for c in train}
+        key = teacher_key(cfg, classes, train, root, stamps)
+        top = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if use_cache else None
+        folder = None if top is None else top / "teacher" / key.encoder / key.digest()
+        teacher = _Teacher(cfg, root, len(classes), folder, top)
+        probe = teacher.fitted_probe(train)
+        from sp4sc.probes.extract import embed_clips
+
+        embs, _ = embed_clips(teacher.encoder(), root, [c.path for c in train], dt=cfg.dt, hop=cfg.hop,
+                              cache_dir=None if top is None else top / "embeddings", batch_size=cfg.batch_size)
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    sr = teacher.encoder().sample_rate
+    hop_s = round((cfg.dt if cfg.hop is None else cfg.hop) * sr) / sr  # starts fall on whole samples
+    width = max(len(e) for e in embs)
+    embeddings = torch.zeros(len(embs), width, embs[0].shape[1])
+    starts = torch.full((len(embs), width), float("inf"), dtype=torch.float64)
+    for i, e in enumerate(embs):
+        embeddings[i, : len(e)] = torch.from_numpy(np.array(e, dtype=np.float32))  # a copy: cache arrays are read-only maps
+        starts[i, : len(e)] = torch.arange(len(e), dtype=torch.float64) * hop_s
+    return TeacherWindows(embeddings=embeddings, starts=starts, dt=round(cfg.dt * sr) / sr, hop=hop_s,
+                          probe=probe.eval())
+
+
 def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, *,
                    stages: Sequence[str] = ("train", "val"), **settings: Any) -> dict[str, torch.Tensor]:
     """Teacher logits per stage, float32 ``(n_clips, n_classes)`` in ``datamodule.clips(stage)`` order.
@@ -456,4 +553,5 @@ def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, 
     return compute_teacher(datamodule, cfg, stages).logits
 
 
-__all__ = ["TeacherConfig", "TeacherKey", "TeacherOutput", "compute_teacher", "teacher_logits", "teacher_key"]
+__all__ = ["TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher", "teacher_logits",
+           "teacher_key", "teacher_windows"]
