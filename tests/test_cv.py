@@ -80,6 +80,11 @@ def test_cv_killed_and_resumed_equals_uninterrupted(tmp_path):
     # stdout was a pipe: one plain progress line per epoch
     epoch_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]
     assert len([ln for ln in epoch_lines if "val_acc" in ln]) >= 3, proc.stdout[-2000:]
+    # the summary of the folds done so far was written when fold 1 finished
+    partial = _summary(killed)
+    assert partial["complete"] is False and partial["folds_to_do"] == [2]
+    assert [f["fold"] for f in partial["folds"]] == [1] and sum(map(sum, partial["confusion"])) == 6
+    assert "(1 of 2 folds done; still to do: 2)" in (killed / "cv.md").read_text()
     stamp = {p: p.stat().st_mtime_ns for p in (fold1 / "result.json", fold1 / "checkpoints" / "last.ckpt")}
 
     assert main(["cv", *_args(data, cache, killed)]) == 0  # resume
@@ -89,6 +94,7 @@ def test_cv_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert main(["cv", *_args(data, cache, whole)]) == 0
 
     a, b = _summary(killed), _summary(whole)
+    assert a["complete"] is True and a["folds_to_do"] == [] and "folds done" not in (killed / "cv.md").read_text()
     for fa, fb in zip(a["folds"], b["folds"]):
         for key in ("fold", "accuracy", "class_avg_accuracy", "logloss", "epochs"):
             assert fa[key] == pytest.approx(fb[key], abs=1e-9), (key, fa, fb)

@@ -26,7 +26,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sp4sc.errors import Sp4scError
 
@@ -131,11 +131,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 METRICS = ("accuracy", "class_avg_accuracy", "logloss", "epochs", "wall_s")
 
 
-def summarise(results: list[dict[str, Any]], recipe: str, command: str) -> dict[str, Any]:
-    """Per fold and mean +/- std (sample std) of every metric, and the confusion matrix summed over folds."""
+def summarise(results: list[dict[str, Any]], recipe: str, command: str,
+              planned: Optional[list[int]] = None) -> dict[str, Any]:
+    """Per fold and mean +/- std (sample std) of every metric, and the confusion matrix summed over folds.
+
+    ``planned``: every fold the run will do; while some are still to come the summary says
+    ``"complete": false`` and lists them in ``"folds_to_do"``.
+    """
     from sp4sc.benchmarks.machine import line
 
+    done = [r["fold"] for r in results]
+    to_do = [f for f in (planned or done) if f not in done]
     summary: dict[str, Any] = {"recipe": recipe, "command": command, "machine": line(),
+                               "complete": not to_do, "folds_to_do": to_do,
                                "folds": [{k: r[k] for k in ("fold", *METRICS)} for r in results]}
     for key in METRICS:
         mean, std = _mean_std([float(r[key]) for r in results])
@@ -172,7 +180,11 @@ def pooled_results(results: list[dict[str, Any]], summary: dict[str, Any]) -> di
 
 def markdown(summary: dict[str, Any]) -> str:
     """``cv.md``: one row per fold, then mean +/- std."""
-    lines = [f"# Cross-validation of `{summary['recipe']}`", "",
+    to_do = summary.get("folds_to_do") or []
+    done = len(summary["folds"])
+    title = f"# Cross-validation of `{summary['recipe']}`" + (
+        f" ({done} of {done + len(to_do)} folds done; still to do: {', '.join(map(str, to_do))})" if to_do else "")
+    lines = [title, "",
              "| fold | accuracy | class-avg accuracy | log loss | epochs | wall time (s) |",
              "|---|---|---|---|---|---|"]
     for r in summary["folds"]:
@@ -232,9 +244,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def run_cv(argv: list[str]) -> dict[str, Any]:
-    """Run (or resume) every fold, then write the summaries; return the summary."""
-    from sp4sc.fileio import write_json, write_text
-
+    """Run (or resume) every fold, writing the summaries after each; return the final summary."""
     args, rest = parse(argv)
     _check_overrides(rest)
     if not Path(args.config).is_file():
@@ -245,19 +255,37 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
     if any(f < 1 for f in folds):
         raise Sp4scError(f"--folds {args.folds}: folds are numbered from 1")
     out = Path(args.out) if args.out else Path("runs") / "cv" / Path(args.config).stem
-    results = [run_fold(args, rest, fold, out) for fold in folds]
     command = "sp4sc cv " + " ".join(shlex.quote(a) for a in argv)
-    summary = summarise(results, args.config, command)
+    results: list[dict[str, Any]] = []
+    for fold in folds:
+        results.append(run_fold(args, rest, fold, out))
+        summary = write_summaries(out, results, args.config, command, folds)
+        if not summary["complete"]:  # a long run shows where it stands after every fold
+            from sp4sc.log import logger
+
+            m = summary["mean"]
+            logger.info(f"fold {fold}: accuracy {100 * results[-1]['accuracy']:.1f} %, log loss "
+                        f"{results[-1]['logloss']:.3f}; {len(results)} of {len(folds)} folds done, mean so far "
+                        f"{100 * m['accuracy']:.1f} %; partial summary in {out / 'cv.md'}")
+    return summary | {"out": str(out)}
+
+
+def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, command: str,
+                    planned: list[int]) -> dict[str, Any]:
+    """Write cv.json, cv.md, cv.png (and the pooled confusion figure and metrics) for the folds done so far."""
+    from sp4sc.fileio import write_json, write_text
+
+    summary = summarise(results, recipe, command, planned)
     write_json(out / "cv.json", summary)
     write_text(out / "cv.md", markdown(summary))
     plot(summary, out / "cv.png")
     if summary.get("confusion"):
         from sp4sc.report import write_confusion_png, write_metrics_md
 
-        title = f"{Path(args.config).stem}: {len(results)} folds summed"
+        title = f"{Path(recipe).stem}: {len(results)} folds summed"
         write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png", title=title)
         write_metrics_md(pooled_results(results, summary), out / "metrics.md", title=title)
-    return summary | {"out": str(out)}
+    return summary
 
 
 def main_argv(argv: list[str]) -> int:
