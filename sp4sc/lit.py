@@ -371,10 +371,14 @@ class SceneClassifier(pl.LightningModule):
         seconds = self.hparams.get("train_crop")
         if seconds is None:
             return None
+        n = max(1, int(round(seconds / self._frame_seconds())))
+        return n if n < frames else None
+
+    def _frame_seconds(self) -> float:
+        """Seconds between two log-mel frames of the front end."""
         if self.frontend_cfg is None:
             raise Sp4scError("--model.train_crop needs the front end's frame rate (train through a SceneDataModule)")
-        n = max(1, int(round(seconds * self.frontend_cfg.sample_rate / self.frontend_cfg.hop_length)))
-        return n if n < frames else None
+        return self.frontend_cfg.hop_length / self.frontend_cfg.sample_rate
 
     def _teacher_probs(self, batch: dict[str, Any], offsets: Optional[torch.Tensor] = None,
                        crop: int = 0) -> Optional[torch.Tensor]:
@@ -394,7 +398,7 @@ class SceneClassifier(pl.LightningModule):
             x = batch["x"]
             if self.kd_windows.embeddings.device != x.device:
                 self.kd_windows.to(x.device)
-            frame_s = self.frontend_cfg.hop_length / self.frontend_cfg.sample_rate
+            frame_s = self._frame_seconds()
             begin = offsets.to(device=x.device, dtype=torch.float64) * frame_s
             index = torch.as_tensor(batch["index"], device=x.device).long()
             t = self.kd_windows.crop_logits(index, begin, begin + crop * frame_s, tolerance_s=frame_s / 2)

@@ -59,6 +59,7 @@ class SweepConfig:
         aggregations: aggregations to report.
         probe: probe training settings.
     """
+
     encoder: str
     dataset: str
     root: str | None = None

@@ -31,6 +31,7 @@ another folder. Window embeddings go through the embedding cache of the δt stud
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -297,14 +298,18 @@ class _Teacher:
                 logger.warning(f"distillation teacher {self.bundle.name}: {RANDOM_INIT_NOTE}")
         return self.bundle
 
-    def clip_embeddings(self, paths: list[str]) -> np.ndarray:
-        """Mean window embedding of each clip, float32 ``(n, dim)``."""
+    def window_embeddings(self, paths: list[str]) -> list[np.ndarray]:
+        """The window embeddings of each clip, ``(n_windows, dim)`` each (the δt study's embedding cache)."""
         from sp4sc.probes.extract import embed_clips
 
         emb_cache = None if self.cache_top is None else self.cache_top / "embeddings"
         embs, _ = embed_clips(self.encoder(), self.root, paths, dt=self.cfg.dt, hop=self.cfg.hop,
                               cache_dir=emb_cache, batch_size=self.cfg.batch_size)
-        return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in embs])
+        return embs
+
+    def clip_embeddings(self, paths: list[str]) -> np.ndarray:
+        """Mean window embedding of each clip, float32 ``(n, dim)``."""
+        return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in self.window_embeddings(paths)])
 
     def fitted_probe(self, train_clips: Sequence):
         """The probe: read from the cache folder, or fitted on ``train_clips`` (and stored)."""
@@ -376,15 +381,30 @@ def compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str] =
     left as they were: a fit that computes its teacher first starts from the same weights and
     draws the same batches as one that does not.
     """
+    with _random_streams_kept():
+        return _compute_teacher(datamodule, cfg, stages, use_cache)
+
+
+@contextlib.contextmanager
+def _random_streams_kept():
+    """Restore torch's CPU generator and numpy's and Python's global ones on exit (probe fitting draws from them)."""
     import random
 
     torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     try:
-        return _compute_teacher(datamodule, cfg, stages, use_cache)
+        yield
     finally:
         torch.random.set_rng_state(torch_state)
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+def _cache_place(cfg: TeacherConfig, key: TeacherKey, use_cache: bool) -> tuple[Optional[Path], Optional[Path]]:
+    """``(top, folder)``: the cache's top folder and this teacher's folder in it (both None without a cache)."""
+    if not use_cache:
+        return None, None
+    top = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return top, top / "teacher" / key.encoder / key.digest()
 
 
 def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str], use_cache: bool) -> TeacherOutput:
@@ -407,8 +427,7 @@ def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str],
             needed.setdefault(c.path, c)
     stamps = {p: file_stamp(root / p) for p in needed}
     key = teacher_key(cfg, classes, train, root, stamps)
-    top = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if use_cache else None
-    folder = None if top is None else top / "teacher" / key.encoder / key.digest()
+    top, folder = _cache_place(cfg, key, use_cache)
     cache = None if folder is None else EmbeddingCache(top / "teacher", key, len(classes))
     missing = [p for p in needed if cache is None or not cache.valid(p, stamps[p])]
     rows: dict[str, np.ndarray] = {}
@@ -498,30 +517,15 @@ def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True)
     The probe is the one :func:`compute_teacher` fits and caches for the same training set
     (read from the cache when it is there). The caller's random streams are left as they were.
     """
-    import random
-
-    from sp4sc.probes.cache import file_stamp
-
-    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
-    try:
+    with _random_streams_kept():
         cfg.check_weights()
         classes = [str(c) for c in datamodule.classes]
         root = Path(datamodule.index().root)
         train = list(datamodule.clips("train"))
-        stamps = {c.path: file_stamp(root / c.path) for c in train}
-        key = teacher_key(cfg, classes, train, root, stamps)
-        top = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if use_cache else None
-        folder = None if top is None else top / "teacher" / key.encoder / key.digest()
+        top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
         teacher = _Teacher(cfg, root, len(classes), folder, top)
         probe = teacher.fitted_probe(train)
-        from sp4sc.probes.extract import embed_clips
-
-        embs, _ = embed_clips(teacher.encoder(), root, [c.path for c in train], dt=cfg.dt, hop=cfg.hop,
-                              cache_dir=None if top is None else top / "embeddings", batch_size=cfg.batch_size)
-    finally:
-        torch.random.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+        embs = teacher.window_embeddings([c.path for c in train])
     sr = teacher.encoder().sample_rate
     hop_s = round((cfg.dt if cfg.hop is None else cfg.hop) * sr) / sr  # starts fall on whole samples
     width = max(len(e) for e in embs)
