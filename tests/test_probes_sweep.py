@@ -177,3 +177,8 @@ def test_compare_row_from_a_cv_folder(tmp_path):
     assert 50_000 < row["params"] < 65_536 and row["macs_per_clip"] > 1e6
     with pytest.raises(Exception, match="not the dataset's"):
         compare_cv(cv, SimpleNamespace(classes=["a", "b"]))
+    # a cross-validation stopped after 2 of 5 folds says so in its row
+    summary = json.loads((cv / "cv.json").read_text())
+    (cv / "cv.json").write_text(json.dumps({**summary, "complete": False, "folds_to_do": [3, 4, 5]}))
+    row = compare_cv(cv, SimpleNamespace(classes=list(SCENES)))
+    assert "2 of 5 folds done" in row["name"] and "2-fold cv" not in row["name"]

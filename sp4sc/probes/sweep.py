@@ -417,7 +417,8 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
 
     Accuracy (class-averaged) and log loss are ``cv.json``'s means over its folds (each fold's
     last checkpoint on its validation fold, the same folds as the probe's); parameters and MACs
-    per clip (thop) are counted on the first fold's checkpoint, BatchNorm folded.
+    per clip (thop) are counted on the first fold's checkpoint, BatchNorm folded. A run that
+    is not finished (``"complete": false``) is named "k of n folds done" and warned about.
     """
     from sp4sc.checkpoint import load_model
 
@@ -432,8 +433,15 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
     loaded = load_model(first)
     fe = loaded.frontend
     params, macs = _folded_size(loaded)
+    todo = summary.get("folds_to_do") or []
+    if summary.get("complete") is False and todo:  # `sp4sc cv` still running or stopped mid-way
+        span = f"{len(folds)} of {len(folds) + len(todo)} folds done"
+        logger.warning(f"--compare {folder}: the cross-validation is not finished (folds "
+                       f"{' '.join(map(str, todo))} still to run); its row covers {span}")
+    else:
+        span = f"{len(folds)}-fold cv"
     return {
-        "name": f"{loaded.name} from scratch ({len(folds)}-fold cv, {Path(summary['recipe']).name})",
+        "name": f"{loaded.name} from scratch ({span}, {Path(summary['recipe']).name})",
         "kind": "cv",
         "checkpoint": str(folder),
         "accuracy": float(summary["mean"]["class_avg_accuracy"]),
