@@ -94,17 +94,11 @@ def test_bench_train_reports_both_paths_and_the_traffic_bound(capsys, monkeypatc
     from sp4sc.cli import main
 
     monkeypatch.setattr("sp4sc.cpu.cxx_compiler", lambda: None)  # no compile here: seconds, not minutes
-    assert main(["bench", "train", "--frames", "0.1", "--steps", "2", "--warmup", "0", "--models", "sp4sc",
+    assert main(["bench", "train", "--frames", "0.1", "--steps", "1", "--warmup", "0", "--models", "sp4sc",
                  "--device", "cpu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     paths = {r["path"]: r for r in out["results"]}
     assert set(paths) == {"plain", "cpu"} and out["ratios"]["sp4sc"] > 0
-    # the two paths' steps alternate: one speed ratio per round, and the run's ratio (total plain time over
-    # total CPU-path time) lies between the rounds' ratios
-    rounds = out["ratio_per_round"]["sp4sc"]
-    assert len(rounds) == 2 and all(r > 0 for r in rounds)
-    assert min(rounds) * (1 - 1e-9) <= out["ratios"]["sp4sc"] <= max(rounds) * (1 + 1e-9)
-    assert out["ratio_spread"]["sp4sc"]["median"] == pytest.approx(sum(rounds) / 2)
     assert paths["cpu"]["traffic_mb_per_clip"] == paths["plain"]["traffic_mb_per_clip"] > 0
     assert out["copy_bandwidth_gbs"] > 0 and paths["plain"]["traffic_bound_clips_per_s"] > 0
     # compute bound: the matrix-product rate over three forward passes of multiply-adds per clip

@@ -9,9 +9,7 @@ On a CPU each model is measured twice in the same run: the plain fp32 path
 (eager, oneDNN's kernels) and the CPU training path that ``sp4sc fit`` uses by
 default (SP4SC's depthwise taps with a hand-written backward, torch.compile,
 bf16 autocast where the CPU has native bf16, freed memory kept mapped). The
-compile time (first step) is reported apart. The two paths' timed steps
-alternate, so a host whose speed drifts during the run slows both alike, and the
-ratio is also given round by round. A memory-traffic estimate reads
+compile time (first step) is reported apart. A memory-traffic estimate reads
 the figure against the machine: the bytes a step must move per clip if each
 activation is written once and read about four times (forward read, saved for
 backward, its gradient written and read), over the measured copy bandwidth,
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -67,7 +64,7 @@ def cases(gpu: bool, frames_scale: float) -> list[Case]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per case, interleaved with the other path's (default: 20 on GPU, 5 on CPU)")
+                        help="timed steps per case (default: 20 on GPU, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps after the first (default: 5 on GPU, 1 on CPU); the first step, "
                              "which includes compiling, is timed apart")
@@ -134,12 +131,8 @@ def activation_elements(model, x) -> int:
     return total
 
 
-def prepare(case: Case, device, batch: int):
-    """Build ``case``'s model, data and optimiser; return ``(step, sync, facts)``.
-
-    ``step()`` runs one train step, ``sync()`` waits for the device, ``facts`` holds what the case is
-    (precision, MACs and activation sizes per clip) for the report.
-    """
+def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
+    """Clips per second of ``case``'s train step on ``device``."""
     import torch
     import torch.nn.functional as F
 
@@ -187,44 +180,24 @@ def prepare(case: Case, device, batch: int):
         if gpu:
             torch.cuda.synchronize(device)
 
-    facts = {**asdict(case), "batch": batch, "precision": precision, "bf16": bf16, "forward_macs_per_clip": macs,
-             "activation_mb_per_clip": elements * 4 / 1e6,
-             "traffic_mb_per_clip": PASSES_PER_ACTIVATION * elements * 4 / 1e6}
-    return step, sync, facts
-
-
-def measure_model(model_cases: list[Case], device, steps: int, warmup: int, batch: int) -> tuple[list[dict], list[float]]:
-    """Clips per second of each path of one model, measured interleaved.
-
-    The paths' timed steps alternate (plain, CPU path, CPU path, plain, ...), so a machine whose speed
-    drifts during the run (a shared or virtual host) slows both alike. Returns one result per case and,
-    with two paths, the ratio of the second path's speed to the first's in each round.
-    """
-    prepared = [prepare(case, device, batch) for case in model_cases]
-    results = []
-    for step, sync, facts in prepared:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
         step()
-        sync()
-        results.append({**facts, "first_step_s": time.perf_counter() - t0, "steps": steps, "seconds": 0.0})
-        for _ in range(warmup):
-            step()
-        sync()
-    per_round = [[0.0] * steps for _ in prepared]
-    for i in range(steps):
-        order = range(len(prepared)) if i % 2 == 0 else reversed(range(len(prepared)))
-        for k in order:
-            step, sync, _ = prepared[k]
-            t0 = time.perf_counter()
-            step()
-            sync()
-            per_round[k][i] = time.perf_counter() - t0
-    for r, times in zip(results, per_round):
-        r["seconds"] = sum(times)
-        r["clips_per_s"] = steps * batch / r["seconds"]
-        r["achieved_gmacs"] = r["clips_per_s"] * TRAIN_MACS_PER_FORWARD * r["forward_macs_per_clip"] / 1e9
-    round_ratios = [a / b for a, b in zip(per_round[0], per_round[1])] if len(prepared) == 2 else []
-    return results, round_ratios
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    dt = time.perf_counter() - t0
+    return {**asdict(case), "batch": batch, "steps": steps, "seconds": dt, "clips_per_s": steps * batch / dt,
+            "first_step_s": first, "precision": precision, "bf16": bf16,
+            "forward_macs_per_clip": macs,
+            "achieved_gmacs": steps * batch / dt * TRAIN_MACS_PER_FORWARD * macs / 1e9,
+            "activation_mb_per_clip": elements * 4 / 1e6,
+            "traffic_mb_per_clip": PASSES_PER_ACTIVATION * elements * 4 / 1e6}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Sp4scError("--device cuda: no CUDA GPU is visible")
     gpu = device.type == "cuda"
-    steps = args.steps if args.steps is not None else (20 if gpu else 5)
+    steps = args.steps if args.steps is not None else (20 if gpu else 3)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     if steps < 1 or warmup < 0 or (args.batch is not None and args.batch < 1):
         raise Sp4scError("--steps and --batch must be >= 1, --warmup >= 0")
@@ -254,15 +227,9 @@ def run(args: argparse.Namespace) -> int:
     if gpu:
         paths = {("fast" if p == "cpu" else p) for p in paths}
     results = []
-    round_ratios = {}
-    for model in ("sp4sc", "cnn6"):
-        chosen = [c for c in cases(gpu, args.frames) if c.model == model and c.path in paths and model in wanted]
-        if chosen:
-            got, rounds = measure_model(chosen, device, steps, warmup,
-                                        args.batch or (chosen[0].batch if gpu else CPU_BATCH))
-            results += got
-            if rounds:
-                round_ratios[model] = rounds
+    for case in cases(gpu, args.frames):
+        if case.model in wanted and case.path in paths:
+            results.append(measure(case, device, steps, warmup, args.batch or (case.batch if gpu else CPU_BATCH)))
     bandwidth = None if gpu else copy_bandwidth_gbs()
     gemm = None
     if not gpu:
@@ -281,7 +248,6 @@ def run(args: argparse.Namespace) -> int:
         if "plain" in by and len(by) == 2:
             other = next(p for p in by if p != "plain")
             ratios[model] = by[other] / by["plain"]
-    ratio_spread = {m: {"min": min(v), "median": statistics.median(v), "max": max(v)} for m, v in round_ratios.items()}
     implied = {}
     sp = [r for r in results if r["model"] == "sp4sc"]
     if sp:
@@ -291,8 +257,7 @@ def run(args: argparse.Namespace) -> int:
                    "tau2020_fold1_200_epochs_h": RECIPE_EPOCHS * TAU_TRAIN_CLIPS / rate_10s / 3600.0,
                    "esc10_5folds_200_epochs_h": 5 * RECIPE_EPOCHS * ESC10_TRAIN_CLIPS / (2 * rate_10s) / 3600.0}
     out = {"device": str(device), "machine": describe(), "machine_line": line(), "cpu": cpu.summary_line(),
-           "copy_bandwidth_gbs": bandwidth, "gemm_gmacs": gemm, "results": results, "ratios": ratios,
-           "ratio_per_round": round_ratios, "ratio_spread": ratio_spread, "implied": implied}
+           "copy_bandwidth_gbs": bandwidth, "gemm_gmacs": gemm, "results": results, "ratios": ratios, "implied": implied}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -314,10 +279,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=150)
     console.print(table)
     for model, ratio in ratios.items():
-        spread = ratio_spread.get(model)
-        rounds = (f" (step by step, interleaved: median {spread['median']:.2f}x, {spread['min']:.2f}-{spread['max']:.2f}x "
-                  f"over {steps} rounds)") if spread else ""
-        console.print(f"{model}: {'fast' if gpu else 'CPU'} path / plain = {ratio:.2f}x{rounds}")
+        console.print(f"{model}: {'fast' if gpu else 'CPU'} path / plain = {ratio:.2f}x")
     if bandwidth:
         console.print(f"memory copy bandwidth {bandwidth:.1f} GB/s; traffic bound = bandwidth / "
                       f"({PASSES_PER_ACTIVATION} passes x activations per clip), an estimate for an unfused step")
