@@ -90,15 +90,28 @@ def test_first_block_conv_matches_two_convs():
 
 def test_bench_train_reports_both_paths_and_the_traffic_bound(capsys, monkeypatch):
     import json
+    import statistics
+    import sys
 
     from sp4sc.cli import main
 
-    monkeypatch.setattr("sp4sc.cpu.cxx_compiler", lambda: None)  # no compile here: seconds, not minutes
-    assert main(["bench", "train", "--frames", "0.1", "--steps", "1", "--warmup", "0", "--models", "sp4sc",
-                 "--device", "cpu", "--json"]) == 0
+    monkeypatch.setenv("SP4SC_COMPILE", "0")  # no compile here (the workers inherit it): seconds, not minutes
+    assert main(["bench", "train", "--frames", "0.1", "--steps", "1", "--rounds", "3", "--warmup", "0",
+                 "--models", "sp4sc", "--device", "cpu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     paths = {r["path"]: r for r in out["results"]}
     assert set(paths) == {"plain", "cpu"} and out["ratios"]["sp4sc"] > 0
+    # each path in its own process: the CPU path's process-wide allocator setting never reaches the plain path
+    assert paths["plain"]["keep_freed_memory"] is False
+    if sys.platform == "linux":
+        assert paths["cpu"]["keep_freed_memory"] is True
+    # rounds alternate the paths; clips/s is the median round and the ratio the median per-round ratio
+    rates = {p: r["round_clips_per_s"] for p, r in paths.items()}
+    assert len(rates["plain"]) == len(rates["cpu"]) == 3
+    assert paths["plain"]["clips_per_s"] == pytest.approx(statistics.median(rates["plain"]))
+    per_round = [c / p for c, p in zip(rates["cpu"], rates["plain"])]
+    assert out["ratios"]["sp4sc"] == pytest.approx(statistics.median(per_round))
+    assert out["ratio_ranges"]["sp4sc"] == pytest.approx([min(per_round), max(per_round)])
     assert paths["cpu"]["traffic_mb_per_clip"] == paths["plain"]["traffic_mb_per_clip"] > 0
     assert out["copy_bandwidth_gbs"] > 0 and paths["plain"]["traffic_bound_clips_per_s"] > 0
     # compute bound: the matrix-product rate over three forward passes of multiply-adds per clip

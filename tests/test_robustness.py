@@ -839,6 +839,8 @@ bad("probe", "args", "compare-missing", lambda ctx: Call(
             "--device", "cpu"], ["gone.ckpt"]))
 bad("probe", "args", "bench-unknown-encoder", lambda ctx: Call(
     "cli", ["probe", "bench", "--encoder", "wav2vec9", "--random-init"], ["--encoder", "wav2vec9"]))
+bad("bench", "args", "train-zero-rounds", lambda ctx: Call(
+    "cli", ["bench", "train", "--rounds", "0", "--device", "cpu"], ["--rounds"]))
 bad("complexity", "args", "unknown-model", lambda ctx: Call(
     "cli", ["complexity", "--model", "resnet9000"], ["resnet9000"]))
 bad("complexity", "args", "duration-zero", lambda ctx: Call(

@@ -8,8 +8,11 @@ end) and CNN6 on 1001 x 64 (the panns front end); ``--frames`` scales both
 On a CPU each model is measured twice in the same run: the plain fp32 path
 (eager, oneDNN's kernels) and the CPU training path that ``sp4sc fit`` uses by
 default (SP4SC's depthwise taps with a hand-written backward, torch.compile,
-bf16 autocast where the CPU has native bf16, freed memory kept mapped). The
-compile time (first step) is reported apart. A memory-traffic estimate reads
+bf16 autocast where the CPU has native bf16, freed memory kept mapped). Each
+path runs in its own fresh process (the allocator setting of the CPU path is
+process-wide and would speed up the plain path too), and the two alternate in
+rounds, so a shared or drifting machine affects both alike; clips/s and the
+ratio are medians over the rounds. The compile time (first step) is reported apart. A memory-traffic estimate reads
 the figure against the machine: the bytes a step must move per clip if each
 activation is written once and read about four times (forward read, saved for
 backward, its gradient written and read), over the measured copy bandwidth,
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -64,7 +68,10 @@ def cases(gpu: bool, frames_scale: float) -> list[Case]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per case (default: 20 on GPU, 3 on CPU)")
+                        help="timed steps per case and round (default: 20 on GPU, 2 on CPU)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds; each times --steps steps of every path in turn, each path in its own "
+                             "process; figures are medians over rounds (default: 3 on GPU, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps after the first (default: 5 on GPU, 1 on CPU); the first step, "
                              "which includes compiling, is timed apart")
@@ -131,8 +138,10 @@ def activation_elements(model, x) -> int:
     return total
 
 
-def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
-    """Clips per second of ``case``'s train step on ``device``."""
+def prepare(case: Case, device, batch: int):
+    """Build ``case``'s model, optimiser and batch; return ``(step, sync, info)`` for timing its train step."""
+    import os
+
     import torch
     import torch.nn.functional as F
 
@@ -154,15 +163,16 @@ def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
     bf16 = gpu or (case.path == "cpu" and cpu.has_native_bf16())
     fn = model
     precision = "bf16-autocast, channels_last" if gpu else ("bf16-autocast" if bf16 else "fp32")
+    kept = False
     if gpu:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         fn = model
     elif case.path == "cpu":
-        cpu.keep_freed_memory()
+        kept = cpu.keep_freed_memory()  # process-wide: why each path runs in its own process
         if hasattr(model, "set_cpu_path"):
             model.set_cpu_path(True)
-        if cpu.cxx_compiler() is not None:
+        if os.environ.get("SP4SC_COMPILE", "1") != "0" and cpu.cxx_compiler() is not None:
             fn = torch.compile(model, dynamic=False)
             precision += ", compiled"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
@@ -180,24 +190,100 @@ def measure(case: Case, device, steps: int, warmup: int, batch: int) -> dict:
         if gpu:
             torch.cuda.synchronize(device)
 
-    t0 = time.perf_counter()
-    step()
-    sync()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    dt = time.perf_counter() - t0
-    return {**asdict(case), "batch": batch, "steps": steps, "seconds": dt, "clips_per_s": steps * batch / dt,
-            "first_step_s": first, "precision": precision, "bf16": bf16,
-            "forward_macs_per_clip": macs,
-            "achieved_gmacs": steps * batch / dt * TRAIN_MACS_PER_FORWARD * macs / 1e9,
-            "activation_mb_per_clip": elements * 4 / 1e6,
+    info = {**asdict(case), "batch": batch, "precision": precision, "bf16": bf16, "keep_freed_memory": kept,
+            "forward_macs_per_clip": macs, "activation_mb_per_clip": elements * 4 / 1e6,
             "traffic_mb_per_clip": PASSES_PER_ACTIVATION * elements * 4 / 1e6}
+    return step, sync, info
+
+
+def _worker(conn, case: dict, device_name: str, batch: int, warmup: int) -> None:
+    """One path in its own process: prepare, time the first step and warm up, then time rounds on request.
+
+    Protocol: sends ``{"info": ..., "first_step_s": ...}`` (or ``{"error": ...}``) when ready; then each
+    integer received is a number of steps to time, answered with the seconds they took; ``None`` ends it.
+    """
+    import traceback
+
+    import torch
+
+    try:
+        step, sync, info = prepare(Case(**case), torch.device(device_name), batch)
+        t0 = time.perf_counter()
+        step()
+        sync()
+        first = time.perf_counter() - t0
+        for _ in range(warmup):
+            step()
+        sync()
+        conn.send({"info": info, "first_step_s": first})
+        while (n := conn.recv()) is not None:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync()
+            conn.send(time.perf_counter() - t0)
+    except Exception as exc:  # reported by the parent, which names the case
+        conn.send({"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+def measure_model(model_cases: list[Case], device, steps: int, warmup: int, batch_of, rounds: int) -> list[dict]:
+    """Time the paths of one model in alternating rounds, each path in its own fresh process.
+
+    A separate process per path keeps process-wide settings of one path (the CPU path's allocator
+    setting, compiled kernels, thread pools) out of the other; alternating ``rounds`` of ``steps``
+    steps exposes both paths to the same drift of a shared or noisy machine, so their ratio is read
+    per round (median), not from two measurements minutes apart. Workers are prepared one after
+    the other (compiling never competes with the other path) and only one computes at a time.
+    """
+    import multiprocessing as mp
+
+    from sp4sc.errors import Sp4scError
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: nothing inherited from this process's torch
+    workers = []
+    try:
+        for case in model_cases:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, asdict(case), str(device), batch_of(case), warmup),
+                               daemon=True)
+            proc.start()
+            child.close()
+            try:
+                ready = parent.recv()
+            except EOFError:
+                raise Sp4scError(f"bench train: the {case.label} worker died while preparing "
+                                 f"(exit code {proc.join(5) or proc.exitcode}); out of memory? try a smaller --batch")
+            if "error" in ready:
+                raise Sp4scError(f"bench train: {case.label} failed: {ready['error']}")
+            workers.append((case, proc, parent, ready, []))
+        for _ in range(rounds):
+            for case, proc, parent, _ready, seconds in workers:
+                parent.send(steps)
+                try:
+                    seconds.append(parent.recv())
+                except EOFError:
+                    raise Sp4scError(f"bench train: the {case.label} worker died while timing "
+                                     f"(exit code {proc.join(5) or proc.exitcode}); out of memory? try a smaller --batch")
+    finally:
+        for _case, proc, parent, *_ in workers:
+            try:
+                parent.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    results = []
+    for case, _proc, _parent, ready, seconds in workers:
+        info = ready["info"]
+        rates = [steps * info["batch"] / s for s in seconds]
+        clips = statistics.median(rates)
+        results.append({**info, "steps": steps, "rounds": rounds, "round_clips_per_s": rates,
+                        "seconds": sum(seconds), "clips_per_s": clips, "first_step_s": ready["first_step_s"],
+                        "achieved_gmacs": clips * TRAIN_MACS_PER_FORWARD * info["forward_macs_per_clip"] / 1e9})
+    return results
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,10 +297,11 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Sp4scError("--device cuda: no CUDA GPU is visible")
     gpu = device.type == "cuda"
-    steps = args.steps if args.steps is not None else (20 if gpu else 3)
+    steps = args.steps if args.steps is not None else (20 if gpu else 2)
+    rounds = args.rounds if args.rounds is not None else (3 if gpu else 5)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    if steps < 1 or warmup < 0 or (args.batch is not None and args.batch < 1):
-        raise Sp4scError("--steps and --batch must be >= 1, --warmup >= 0")
+    if steps < 1 or rounds < 1 or warmup < 0 or (args.batch is not None and args.batch < 1):
+        raise Sp4scError("--steps, --rounds and --batch must be >= 1, --warmup >= 0")
     if not 0.05 <= args.frames <= 4:
         raise Sp4scError(f"--frames {args.frames}: give a fraction of 10 s between 0.05 and 4")
     wanted = {m.strip() for m in args.models.split(",") if m.strip()}
@@ -227,9 +314,11 @@ def run(args: argparse.Namespace) -> int:
     if gpu:
         paths = {("fast" if p == "cpu" else p) for p in paths}
     results = []
-    for case in cases(gpu, args.frames):
-        if case.model in wanted and case.path in paths:
-            results.append(measure(case, device, steps, warmup, args.batch or (case.batch if gpu else CPU_BATCH)))
+    for model in ("sp4sc", "cnn6"):
+        chosen = [c for c in cases(gpu, args.frames) if c.model == model and model in wanted and c.path in paths]
+        if chosen:
+            results += measure_model(chosen, device, steps, warmup,
+                                     lambda c: args.batch or (c.batch if gpu else CPU_BATCH), rounds)
     bandwidth = None if gpu else copy_bandwidth_gbs()
     gemm = None
     if not gpu:
@@ -242,12 +331,14 @@ def run(args: argparse.Namespace) -> int:
         r["compute_bound_clips_per_s"] = (rate * 1e9 / (TRAIN_MACS_PER_FORWARD * r["forward_macs_per_clip"])
                                           if rate else None)
         r["share_of_gemm_rate"] = r["achieved_gmacs"] / rate if rate else None
-    ratios = {}
+    ratios, ratio_ranges = {}, {}
     for model in ("sp4sc", "cnn6"):
-        by = {r["path"]: r["clips_per_s"] for r in results if r["model"] == model}
+        by = {r["path"]: r["round_clips_per_s"] for r in results if r["model"] == model}
         if "plain" in by and len(by) == 2:
             other = next(p for p in by if p != "plain")
-            ratios[model] = by[other] / by["plain"]
+            per_round = [a / b for a, b in zip(by[other], by["plain"])]  # rounds ran side by side
+            ratios[model] = statistics.median(per_round)
+            ratio_ranges[model] = [min(per_round), max(per_round)]
     implied = {}
     sp = [r for r in results if r["model"] == "sp4sc"]
     if sp:
@@ -257,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
                    "tau2020_fold1_200_epochs_h": RECIPE_EPOCHS * TAU_TRAIN_CLIPS / rate_10s / 3600.0,
                    "esc10_5folds_200_epochs_h": 5 * RECIPE_EPOCHS * ESC10_TRAIN_CLIPS / (2 * rate_10s) / 3600.0}
     out = {"device": str(device), "machine": describe(), "machine_line": line(), "cpu": cpu.summary_line(),
-           "copy_bandwidth_gbs": bandwidth, "gemm_gmacs": gemm, "results": results, "ratios": ratios, "implied": implied}
+           "copy_bandwidth_gbs": bandwidth, "gemm_gmacs": gemm, "steps": steps, "rounds": rounds, "warmup": warmup,
+           "results": results, "ratios": ratios, "ratio_ranges": ratio_ranges, "implied": implied}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -278,8 +370,12 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['achieved_gmacs']:,.1f}{share}", compute)
     console = Console(width=150)
     console.print(table)
+    console.print(f"clips/s: median of {rounds} rounds of {steps} steps; each path in its own process, "
+                  f"the paths alternating round by round")
     for model, ratio in ratios.items():
-        console.print(f"{model}: {'fast' if gpu else 'CPU'} path / plain = {ratio:.2f}x")
+        lo, hi = ratio_ranges[model]
+        console.print(f"{model}: {'fast' if gpu else 'CPU'} path / plain = {ratio:.2f}x "
+                      f"(median of per-round ratios; range {lo:.2f}-{hi:.2f}x)")
     if bandwidth:
         console.print(f"memory copy bandwidth {bandwidth:.1f} GB/s; traffic bound = bandwidth / "
                       f"({PASSES_PER_ACTIVATION} passes x activations per clip), an estimate for an unfused step")
