@@ -90,6 +90,59 @@ def distillation_loss(
     return kd_lambda * temperature**2 * kl + (1.0 - kd_lambda) * label
 
 
+PRECISE_BN_MAX_BATCHES = 200  # ample for a population estimate (Wu & Johnson 2021 use a few hundred batches)
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, batches, forward: Optional[Callable] = None,
+                            max_batches: int = PRECISE_BN_MAX_BATCHES) -> int:
+    """Precise BatchNorm: re-estimate every BatchNorm's running statistics as plain averages over ``batches``.
+
+    During training a BatchNorm layer keeps an exponential moving average (momentum 0.1) of the
+    statistics of the last few dozen augmented batches, taken while the weights were still moving;
+    on a small dataset that estimate swings from epoch to epoch, and so does the evaluation of
+    the same weights. Here the weights are frozen and each layer's running mean and variance
+    become the average over the given batches (``momentum=None``), as in "Rethinking 'Batch' in
+    BatchNorm" (Wu & Johnson, 2021). Only the BatchNorm layers run in training mode: dropout and
+    everything else stay in evaluation mode, so no other layer changes what the statistics see.
+    The weights are untouched; the modes and momenta are restored afterwards.
+
+    Args:
+        model: the module whose BatchNorm layers to update.
+        batches: an iterable of inputs, each passed to ``forward`` (dicts with ``"x"`` are unpacked).
+        forward: ``x -> output`` (default: ``model``).
+        max_batches: stop after this many batches.
+
+    Returns:
+        the number of clips the statistics were averaged over (0 when ``model`` has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in norms]
+    forward = forward or model
+    clips = 0
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches seen
+            m.train()
+        for i, batch in enumerate(batches):
+            if i >= max_batches:
+                break
+            x = batch["x"] if isinstance(batch, dict) else batch
+            forward(x)
+            clips += x.shape[0]
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+    return clips
+
+
 def _seed() -> int:
     """The seed given to ``seed_everything`` (LightningCLI's ``seed_everything``), else 0."""
     try:
@@ -159,6 +212,12 @@ class SceneClassifier(pl.LightningModule):
             on the labels alone (exactly the plain fit, even with a teacher).
         kd_temperature: softmax temperature T of teacher and student in the distillation term
             (> 0; the term is scaled by T²).
+        precise_bn: before the validation of the last epoch, re-estimate every BatchNorm's
+            running statistics as plain averages over the training clips, without augmentation
+            (:func:`recompute_bn_statistics`; weights untouched, so training is unchanged). The
+            saved last checkpoint, what is evaluated, exported and folded, holds them. Without it
+            the statistics are a moving average of the last augmented batches, which on a small
+            dataset makes the score of the final weights swing by several points from epoch to epoch.
         train_crop: train on a random crop of this many seconds of each clip, a new offset per
             clip and step (validation and test see whole clips). With a teacher, each crop gets
             its own teacher target: the probe on the mean embedding of the teacher windows
@@ -189,6 +248,7 @@ class SceneClassifier(pl.LightningModule):
         kd_lambda: float = 0.0,
         kd_temperature: float = 1.0,
         train_crop: Optional[float] = None,
+        precise_bn: bool = False,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -250,6 +310,7 @@ class SceneClassifier(pl.LightningModule):
         self.kd_logits: Optional[torch.Tensor] = None
         self.kd_windows = None  # sp4sc.probes.teacher.TeacherWindows: labels the crops of train_crop
         self.kd_info: dict[str, Any] = {}
+        self.precise_bn_clips = 0  # clips the last precise-BN pass averaged over
 
     # ------------------------------------------------------------------ build
 
@@ -480,6 +541,38 @@ class SceneClassifier(pl.LightningModule):
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward: compiled and under bf16 autocast where :meth:`setup_cpu_training` chose so."""
         return self(x) if self._cpu is None else self._cpu.forward(self, x)
+
+    def on_validation_epoch_start(self) -> None:
+        trainer = self._trainer
+        if (not self.hparams.get("precise_bn") or trainer is None or trainer.sanity_checking
+                or trainer.state.fn != "fit" or trainer.max_epochs is None
+                or trainer.current_epoch != trainer.max_epochs - 1):
+            return
+        self.precise_bn_clips = self._recompute_bn_from_training_clips(trainer)
+
+    def _recompute_bn_from_training_clips(self, trainer: pl.Trainer) -> int:
+        """:func:`recompute_bn_statistics` over the training clips, in a fixed shuffled order, unaugmented."""
+        from torch.utils.data import DataLoader
+
+        from sp4sc.log import logger
+
+        loader = trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            raise Sp4scError("--model.precise_bn needs one training DataLoader (got "
+                             f"{type(loader).__name__}); turn it off with --model.precise_bn false")
+        # shuffled (batches mixing classes, as in training), from its own generator: the training
+        # shuffle is not touched
+        batches = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
+                             generator=torch.Generator().manual_seed(_seed()), collate_fn=loader.collate_fn,
+                             num_workers=0)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return self(x.to(self.device))
+
+        clips = recompute_bn_statistics(self, batches, forward)
+        logger.info("precise BN: BatchNorm statistics re-estimated over %d training clips (epoch %d)",
+                    clips, trainer.current_epoch + 1)
+        return clips
 
     def on_train_epoch_end(self) -> None:
         opt = self.optimizers()

@@ -146,3 +146,52 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
     assert torch.allclose(focal._loss(logits, target), torch.nn.functional.cross_entropy(logits, target.argmax(1)))
     focal2 = SceneClassifier(TinyNet(), loss="focal", focal_gamma=2.0)
     assert focal2._loss(logits, target) < focal._loss(logits, target)
+
+
+def test_recompute_bn_statistics_averages_batches_with_only_batchnorm_in_training_mode():
+    from sp4sc.lit import recompute_bn_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model.train()
+    model[1].running_mean.fill_(7.0)  # a stale moving average, to be replaced
+    batches = [torch.randn(6, 3) * (i + 1) + i for i in range(4)]
+    assert recompute_bn_statistics(model, batches) == 24
+    bn = model[1]
+    # plain averages of the per-batch statistics of the inputs as given: dropout stayed in eval mode
+    assert torch.allclose(bn.running_mean, torch.stack([b.mean(0) for b in batches]).mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack([b.var(0) for b in batches]).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and all(m.training for m in model.modules())  # modes and momentum restored
+    assert recompute_bn_statistics(nn.Linear(3, 2), batches) == 0  # no BatchNorm: nothing to do
+    assert recompute_bn_statistics(model, batches, max_batches=2) == 12
+
+
+def test_precise_bn_changes_only_the_statistics_and_the_last_validation_sees_them(tmp_path):
+    import copy
+
+    from sp4sc.lit import recompute_bn_statistics
+
+    fitted = {}
+    for precise in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = SceneClassifier(TinyNet(), mixup_alpha=0.2, spec_augment=[4, 1, 2, 1], lr=5e-3, precise_bn=precise)
+        trainer = _trainer(tmp_path / str(precise), logger=False, enable_checkpointing=False)
+        trainer.fit(model, datamodule=RandomDM())
+        fitted[precise] = (model, dict(model.reports["val"]["overall"]), trainer)
+    plain, precise = fitted[False][0].state_dict(), fitted[True][0].state_dict()
+    stats = ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")
+    for key in plain:  # training is unchanged: the same weights
+        if not key.endswith(stats):
+            assert torch.equal(plain[key], precise[key]), key
+    assert not torch.allclose(plain["backbone.bn.running_mean"], precise["backbone.bn.running_mean"])
+    assert fitted[True][0].precise_bn_clips == 48 and fitted[False][0].precise_bn_clips == 0
+    # the statistics are the plain average over the training clips, in the documented order
+    again = copy.deepcopy(fitted[True][0])
+    batches = DataLoader(_Set(48, 0), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    recompute_bn_statistics(again, batches)
+    assert torch.allclose(again.backbone.bn.running_mean, fitted[True][0].backbone.bn.running_mean, atol=1e-6)
+    # the last epoch's validation already used them: validating the final model again gives the same report
+    model, report, trainer = fitted[True]
+    trainer.validate(model, datamodule=RandomDM(), verbose=False)
+    assert model.reports["val"]["overall"]["logloss"] == pytest.approx(report["logloss"], abs=1e-6)
+    assert model.reports["val"]["overall"]["accuracy"] == pytest.approx(report["accuracy"])
