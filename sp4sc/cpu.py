@@ -77,6 +77,11 @@ def cxx_compiler() -> str | None:
     return None
 
 
+def compile_by_default() -> bool:
+    """Whether CPU training compiles by default: a C++ compiler is found and ``SP4SC_COMPILE`` is not ``0``."""
+    return os.environ.get("SP4SC_COMPILE", "1") != "0" and cxx_compiler() is not None
+
+
 def summary_line() -> str:
     """``AMD EPYC, 2 cores, AVX2 yes, AVX-512 no, avx512_bf16 no, AMX no``."""
     f = features()

@@ -10,7 +10,6 @@ native bf16. Off a CPU it changes nothing.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -81,7 +80,7 @@ def choose(backbone: nn.Module, device_type: str, cpu_path: Optional[bool] = Non
         elif cpu_path:
             logger.info("--model.cpu_path: backbone %r has no CPU path; training it as it is", name)
     if compile_backbone is None:
-        compile_backbone = os.environ.get("SP4SC_COMPILE", "1") != "0" and cpu.cxx_compiler() is not None
+        compile_backbone = cpu.compile_by_default()
     elif compile_backbone and cpu.cxx_compiler() is None:
         logger.info("torch.compile needs a C++ compiler (g++ or clang++) and none was found: training in eager mode")
         compile_backbone = False

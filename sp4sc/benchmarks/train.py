@@ -140,8 +140,6 @@ def activation_elements(model, x) -> int:
 
 def prepare(case: Case, device, batch: int):
     """Build ``case``'s model, optimiser and batch; return ``(step, sync, info)`` for timing its train step."""
-    import os
-
     import torch
     import torch.nn.functional as F
 
@@ -172,7 +170,7 @@ def prepare(case: Case, device, batch: int):
         kept = cpu.keep_freed_memory()  # process-wide: why each path runs in its own process
         if hasattr(model, "set_cpu_path"):
             model.set_cpu_path(True)
-        if os.environ.get("SP4SC_COMPILE", "1") != "0" and cpu.cxx_compiler() is not None:
+        if cpu.compile_by_default():  # as sp4sc fit decides it
             fn = torch.compile(model, dynamic=False)
             precision += ", compiled"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
@@ -241,6 +239,13 @@ def measure_model(model_cases: list[Case], device, steps: int, warmup: int, batc
 
     from sp4sc.errors import Sp4scError
 
+    def receive(case: Case, proc, parent, doing: str):
+        try:
+            return parent.recv()
+        except EOFError:
+            raise Sp4scError(f"bench train: the {case.label} worker died while {doing} (exit code "
+                             f"{proc.join(5) or proc.exitcode}); out of memory? try a smaller --batch") from None
+
     ctx = mp.get_context("spawn")  # a fresh interpreter: nothing inherited from this process's torch
     workers = []
     try:
@@ -250,22 +255,14 @@ def measure_model(model_cases: list[Case], device, steps: int, warmup: int, batc
                                daemon=True)
             proc.start()
             child.close()
-            try:
-                ready = parent.recv()
-            except EOFError:
-                raise Sp4scError(f"bench train: the {case.label} worker died while preparing "
-                                 f"(exit code {proc.join(5) or proc.exitcode}); out of memory? try a smaller --batch")
+            ready = receive(case, proc, parent, "preparing")
             if "error" in ready:
                 raise Sp4scError(f"bench train: {case.label} failed: {ready['error']}")
             workers.append((case, proc, parent, ready, []))
         for _ in range(rounds):
             for case, proc, parent, _ready, seconds in workers:
                 parent.send(steps)
-                try:
-                    seconds.append(parent.recv())
-                except EOFError:
-                    raise Sp4scError(f"bench train: the {case.label} worker died while timing "
-                                     f"(exit code {proc.join(5) or proc.exitcode}); out of memory? try a smaller --batch")
+                seconds.append(receive(case, proc, parent, "timing"))
     finally:
         for _case, proc, parent, *_ in workers:
             try:
