@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sp4sc.constants import DEVICES
-from sp4sc.data.augment import SpecAugment, mixup, random_crop
+from sp4sc.data.augment import SpecAugment, mixup, mixup_draw, random_crop
 from sp4sc.errors import Sp4scError
 from sp4sc.metrics import StageEvaluation
 
@@ -207,6 +207,8 @@ class SceneClassifier(pl.LightningModule):
             batch_size}``), ``seed``, ``device``, ``batch_size``, ``cache_dir``. Set one key from
             the command line with ``--model.kd_teacher.ckpt PATH``. Its probe is fitted on the
             training clips only; its logits are computed once before training and cached.
+            ``online: true`` runs the encoder on every batch instead, on the waveforms mixed as
+            mixup mixes the student's inputs (:class:`sp4sc.probes.teacher.OnlineTeacher`).
             None: no teacher.
         kd_lambda: weight λ of the distillation term (the labels get 1 - λ), in [0, 1]; 0 trains
             on the labels alone (exactly the plain fit, even with a teacher).
@@ -278,6 +280,9 @@ class SceneClassifier(pl.LightningModule):
             self.kd_config = (kd_teacher if isinstance(kd_teacher, TeacherConfig)
                               else TeacherConfig.from_dict(kd_teacher))
             hop = self.kd_config.dt if self.kd_config.hop is None else self.kd_config.hop
+            if train_crop is not None and self.kd_config.online:
+                raise Sp4scError(f"--model.train_crop {train_crop:g} with --model.kd_teacher.online true: the online "
+                                 "teacher labels whole clips; drop one of the two")
             if train_crop is not None and train_crop < self.kd_config.dt + hop - 1e-9:
                 raise Sp4scError(f"--model.train_crop {train_crop:g}: shorter than the teacher's window plus its hop "
                                  f"({self.kd_config.dt:g} + {hop:g} s), so a crop may hold no whole window; use a "
@@ -309,6 +314,7 @@ class SceneClassifier(pl.LightningModule):
         # attribute kept out of the state dict, the checkpoints and the exported model
         self.kd_logits: Optional[torch.Tensor] = None
         self.kd_windows = None  # sp4sc.probes.teacher.TeacherWindows: labels the crops of train_crop
+        self.kd_online = None  # sp4sc.probes.teacher.OnlineTeacher: labels every mixed batch (kd_teacher.online)
         self.kd_info: dict[str, Any] = {}
         self.precise_bn_clips = 0  # clips the last precise-BN pass averaged over
 
@@ -412,6 +418,11 @@ class SceneClassifier(pl.LightningModule):
             "fit_clips": len(out.fit_clips), "accuracy": dict(out.accuracy), "top_probability": confidence,
             "cache": None if out.folder is None else str(out.folder),
         }
+        if cfg.online:
+            from sp4sc.probes.teacher import online_teacher
+
+            self.kd_online = online_teacher(dm, cfg)
+            self.kd_info["online"] = True
         if self.hparams.get("train_crop") is not None:
             from sp4sc.probes.teacher import teacher_windows
 
@@ -586,14 +597,10 @@ class SceneClassifier(pl.LightningModule):
         crop, offsets = self._crop_frames(x.shape[2]), None
         if crop is not None:
             x, offsets = random_crop(x, crop, g)  # (batch, 1, crop, mels), (batch,)
-        teacher = self._teacher_probs(batch, offsets, crop or 0)  # (batch, classes) or None
-        if self.hparams["mixup_alpha"] > 0:
-            if teacher is None:
-                x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
-            else:  # one permutation and weight for labels and teacher targets alike
-                n = target.shape[1]
-                x, both = mixup(x, torch.cat([target, teacher], dim=1), self.hparams["mixup_alpha"], g)
-                target, teacher = both[:, :n], both[:, n:]  # (batch, classes) each
+        if self.kd_config is not None and self.kd_config.online:
+            x, target, teacher = self._online_mixup(batch, x, target, g)
+        else:
+            x, target, teacher = self._mixup(batch, x, target, g, offsets, crop or 0)
         if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
             x = self.spec_augment(x, generator=g)
         logits = self._train_forward(x)
@@ -604,6 +611,37 @@ class SceneClassifier(pl.LightningModule):
                                      self.hparams["kd_temperature"], label_loss=self._loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
         return loss
+
+    def _online_mixup(self, batch: dict[str, Any], x: torch.Tensor, target: torch.Tensor,
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixup of inputs and labels, and the online teacher's probabilities for the mixed clips."""
+        if self.kd_online is None:
+            raise Sp4scError("--model.kd_teacher.online: no online teacher; train through a Trainer with a "
+                             "SceneDataModule (it is built in setup)")
+        index = batch.get("index")
+        if index is None:
+            raise Sp4scError("--model.kd_teacher: training batches carry no 'index' (use SceneDataModule)")
+        perm, lam = None, 1.0
+        if self.hparams["mixup_alpha"] > 0:
+            perm, lam = mixup_draw(x.shape[0], self.hparams["mixup_alpha"], g)  # mixup()'s draw, same stream
+            p = perm.to(x.device)
+            x = x * lam + x[p] * (1.0 - lam)
+            target = target * lam + target[p] * (1.0 - lam)
+        t = self.kd_online.logits(torch.as_tensor(index), perm, lam).to(x.device)  # (batch, classes)
+        return x, target, torch.softmax(t / self.hparams["kd_temperature"], dim=1)
+
+    def _mixup(self, batch: dict[str, Any], x: torch.Tensor, target: torch.Tensor, g: torch.Generator,
+               offsets: Optional[torch.Tensor], crop: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Mixup of inputs, labels and the cached teacher's probabilities (None without a teacher)."""
+        teacher = self._teacher_probs(batch, offsets, crop)  # (batch, classes) or None
+        if self.hparams["mixup_alpha"] > 0:
+            if teacher is None:
+                x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
+            else:  # one permutation and weight for labels and teacher targets alike
+                n = target.shape[1]
+                x, both = mixup(x, torch.cat([target, teacher], dim=1), self.hparams["mixup_alpha"], g)
+                target, teacher = both[:, :n], both[:, n:]  # (batch, classes) each
+        return x, target, teacher
 
     # ------------------------------------------------------------- evaluation
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sp4sc.data.augment import SpecAugment, mixup
+from sp4sc.data.augment import SpecAugment, mixup, mixup_draw
 from sp4sc.errors import Sp4scError
 
 
@@ -98,3 +98,18 @@ def test_mixup_is_a_convex_pairing():
     xm2, ym2 = mixup(x, y, 0.2, torch.Generator().manual_seed(0))
     assert torch.equal(xm, xm2) and torch.equal(ym, ym2)
     assert mixup(x, y, 0.0)[0] is x
+
+
+def test_mixup_draw_is_the_draw_mixup_makes():
+    """What the online distillation teacher mixes its waveforms with is mixup's own draw."""
+    x = torch.randn(5, 1, 7, 3)
+    y = torch.nn.functional.one_hot(torch.arange(5) % 2, 2).float()
+    xm, ym = mixup(x, y, 1.0, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    perm, lam = mixup_draw(5, 1.0, g)
+    assert sorted(perm.tolist()) == list(range(5)) and 0.0 <= lam <= 1.0
+    assert torch.equal(xm, x * lam + x[perm] * (1.0 - lam)) and torch.equal(ym, y * lam + y[perm] * (1.0 - lam))
+    # and it moves the generator as mixup does: the next draws agree
+    g2 = torch.Generator().manual_seed(3)
+    mixup(x, y, 1.0, g2)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=g2))

@@ -179,7 +179,7 @@ def test_distillation_loss_by_hand():
 
 def _fit(esc: Path, tmp: Path, **model_kw) -> SceneClassifier:
     pl.seed_everything(0, verbose=False)
-    model = SceneClassifier("sp4sc_w32", mixup_alpha=0.4, spec_augment=[4, 1, 4, 1], lr=5e-3, **model_kw)
+    model = SceneClassifier("sp4sc_w32", **{"mixup_alpha": 0.4, "spec_augment": [4, 1, 4, 1], "lr": 5e-3, **model_kw})
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp, enable_checkpointing=False)
     trainer.fit(model, datamodule=_dm(esc, tmp))
@@ -397,3 +397,70 @@ def test_crop_fit_trains_on_crops_and_the_teacher_labels_each_crop(esc, tmp_path
     # the student still exports as the plain architecture, and validation saw whole clips
     a, b = whole.backbone.state_dict(), kd.backbone.state_dict()
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- the online teacher
+
+def test_online_teacher_without_mixing_is_the_cached_teacher(esc, tmp_path):
+    dm = _dm(esc, tmp_path)
+    for extra in ({}, {"dt": 0.1, "hop": 0.05}):  # one window per clip; several, the tail one zero-padded
+        cfg = TeacherConfig.from_dict(_teacher(tmp_path, online=True, **extra))
+        cached = compute_teacher(dm, cfg).logits["train"]  # (12, 2)
+        online = teacher_mod.online_teacher(dm, cfg)
+        assert online.waves.shape == (12, round(0.5 * FakeEncoder.sample_rate))
+        torch.testing.assert_close(online.logits(torch.arange(12)), cached, rtol=1e-4, atol=1e-5)
+        # rows follow the index asked for
+        torch.testing.assert_close(online.logits(torch.tensor([5, 0])), cached[[5, 0]], rtol=1e-4, atol=1e-5)
+
+
+def test_online_teacher_labels_the_mixed_waveforms(esc, tmp_path):
+    from sp4sc.audio import load_audio
+
+    dm = _dm(esc, tmp_path)
+    cfg = TeacherConfig.from_dict(_teacher(tmp_path, online=True))
+    online = teacher_mod.online_teacher(dm, cfg)
+    index, perm, lam = torch.tensor([0, 4, 7, 11]), torch.tensor([2, 0, 3, 1]), 0.7
+    got = online.logits(index, perm, lam)  # (4, 2)
+    # by hand: the files mixed at the encoder's rate, two windows of 0.25 s per clip, their mean embedding
+    root, train = Path(dm.index().root), dm.clips("train")
+    wav = torch.stack([torch.from_numpy(load_audio(root / train[i].path, FakeEncoder.sample_rate, duration=0.5))
+                       for i in index.tolist()])  # (4, 4000)
+    mixed = wav * lam + wav[perm] * (1 - lam)
+    win = round(0.25 * FakeEncoder.sample_rate)
+    emb = (online.bundle.embed(mixed[:, :win]) + online.bundle.embed(mixed[:, win:])) / 2  # (4, 16)
+    with torch.no_grad():
+        expected = online.probe(emb)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # a mixture's answer is not the mix of the clips' answers (what the cached teacher gives)
+    clean = online.logits(index)
+    assert not torch.allclose(got, clean * lam + clean[perm] * (1 - lam), atol=1e-3)
+
+
+def test_online_kd_fit_without_mixup_equals_the_cached_kd_fit(esc, tmp_path, monkeypatch):
+    cached = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path), kd_lambda=0.9, kd_temperature=2.0, mixup_alpha=0.0)
+    online = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path, online=True), kd_lambda=0.9, kd_temperature=2.0,
+                  mixup_alpha=0.0)
+    assert online.kd_online is not None and cached.kd_online is None and online.kd_info["online"] is True
+    a, b = cached.backbone.state_dict(), online.backbone.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # with mixup, the online teacher is asked about the mixed clips, with the student's own draw
+    seen = []
+    real = teacher_mod.OnlineTeacher.logits
+
+    def watch(self, index, perm=None, lam=1.0):
+        seen.append((perm, lam))
+        return real(self, index, perm, lam)
+
+    monkeypatch.setattr(teacher_mod.OnlineTeacher, "logits", watch)
+    mixed = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path, online=True), kd_lambda=0.9, kd_temperature=2.0)
+    assert seen and all(p is not None and 0.0 <= lam <= 1.0 for p, lam in seen)
+    c = mixed.backbone.state_dict()
+    assert not all(torch.allclose(b[k], c[k]) for k in b)
+
+
+def test_online_teacher_refuses_train_crop():
+    with pytest.raises(Sp4scError) as err:
+        SceneClassifier("sp4sc_w32", kd_teacher={"encoder": FakeEncoder.name, "online": True, "dt": 0.1},
+                        kd_lambda=0.5, train_crop=0.3)
+    assert "--model.kd_teacher.online" in str(err.value) and len(str(err.value).splitlines()) == 1

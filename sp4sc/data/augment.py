@@ -116,6 +116,18 @@ class SpecAugment(nn.Module):
         return torch.where(mask, fill, x)
 
 
+def mixup_draw(batch: int, alpha: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """The permutation ``(batch,)`` (on CPU) and the weight of one mixup draw, as :func:`mixup` draws them.
+
+    For mixing something else the same way (the waveforms an online distillation teacher
+    hears): the same generator state gives the same draw as :func:`mixup`.
+    """
+    perm = torch.randperm(batch, generator=generator)
+    # Beta draw through numpy, seeded from the torch generator so both follow the same seed.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return perm, float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
 def mixup(
     x: torch.Tensor,
     y_onehot: torch.Tensor,
@@ -138,10 +150,8 @@ def mixup(
         return x, y_onehot
     if x.shape[0] != y_onehot.shape[0]:
         raise Sp4scError(f"mixup: {x.shape[0]} inputs but {y_onehot.shape[0]} targets")
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    # Beta draw through numpy, seeded from the torch generator so both follow the same seed.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm, lam = mixup_draw(x.shape[0], alpha, generator)
+    perm = perm.to(x.device)
     x_mixed = x * lam + x[perm] * (1.0 - lam)
     y = y_onehot.to(torch.float32)
     y_mixed = y * lam + y[perm] * (1.0 - lam)

@@ -49,7 +49,8 @@ FORMAT = 1
 ARG = "--model.kd_teacher"
 # kinds of the settings, for values that arrive as strings from the command line
 _KINDS = {"encoder": "str", "ckpt": "opt_str", "random_init": "bool", "init_seed": "int", "dt": "float",
-          "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str"}
+          "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str",
+          "online": "bool"}
 _PROBE_KINDS = {"hidden": "int", "epochs": "int", "batch_size": "int", "lr": "float", "weight_decay": "float"}
 _EXPECTED = {"str": "a string (a name or a path)", "bool": "true or false", "int": "an integer", "float": "a number"}
 
@@ -105,6 +106,8 @@ class TeacherConfig:
         batch_size: windows per encoder forward.
         cache_dir: top folder of the teacher and embedding caches (None: ``$SP4SC_CACHE`` or
             ``~/.cache/sp4sc``).
+        online: run the encoder on every training batch, on the waveforms mixed as the student's
+            inputs are (:class:`OnlineTeacher`), instead of reading one cached target per clip.
     """
 
     encoder: str = "efficientat_mn04"
@@ -118,6 +121,7 @@ class TeacherConfig:
     device: str = "auto"
     batch_size: int = 32
     cache_dir: Optional[str] = None
+    online: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TeacherConfig":
@@ -538,6 +542,102 @@ def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True)
                           probe=probe.eval())
 
 
+class OnlineTeacher:
+    """A teacher that hears what the student sees: mixup applied to the waveforms, the encoder run per batch.
+
+    The cached teacher gives each training clip one target, and mixup mixes two clips' targets;
+    a mixture of two sounds is not labelled by the mix of their labels, though, and the teacher's
+    answer to the mixture itself is what "consistent" distillation trains on (Beyer et al., 2022,
+    "Knowledge distillation: A good teacher is patient and consistent": teacher and student see
+    the same augmented input). Here the training clips' waveforms at the encoder's rate are kept
+    in memory (float32 up to 4 GiB, float16 beyond); a batch's waveforms are mixed with the
+    permutation and weight of the student's mixup (``lam * a + (1 - lam) * a[perm]``), cut into
+    windows of δt, embedded, averaged over the windows and classified by the probe, which is the
+    same one the cached teacher fits on the training clips only. Without mixing, its logits are the
+    cached teacher's. SpecAugment stays the student's alone (it hides parts of the input to
+    regularise the student, not to change the label).
+
+    Args:
+        bundle: the frozen encoder (built, on its device).
+        probe: the fitted probe (eval mode).
+        waves: ``(n_train, samples)`` training waveforms at the encoder's rate, rows in
+            ``datamodule.clips("train")`` order.
+        win: window length, samples.
+        hop: hop between windows, samples.
+        batch_size: windows per encoder forward.
+    """
+
+    MAX_FLOAT32_BYTES = 4 << 30
+
+    def __init__(self, bundle: Any, probe: torch.nn.Module, waves: torch.Tensor, win: int, hop: int,
+                 batch_size: int = 32) -> None:
+        from sp4sc.probes.windows import window_starts
+
+        self.bundle = bundle
+        self.probe = probe.eval().to(bundle.device)
+        self.waves = waves
+        self.win, self.hop = int(win), int(hop)
+        self.batch_size = int(batch_size)
+        self.starts = window_starts(int(waves.shape[1]), self.win, self.hop)
+        self.padded = max(self.starts) + self.win  # a tail window may run past the end (zero-padded)
+
+    def logits(self, index: torch.Tensor, perm: Optional[torch.Tensor] = None, lam: float = 1.0) -> torch.Tensor:
+        """Teacher logits ``(batch, n_classes)`` of training clips ``index``, mixed as mixup mixes them.
+
+        Args:
+            index: ``(batch,)`` rows of the training clips.
+            perm: ``(batch,)`` mixup permutation (None: no mixing).
+            lam: mixup weight of the clips themselves (``1 - lam`` goes to ``clips[perm]``).
+        """
+        idx = torch.as_tensor(index, dtype=torch.long).cpu()
+        wav = self.waves.index_select(0, idx).float()  # (batch, samples)
+        if perm is not None:
+            wav = wav * lam + wav[torch.as_tensor(perm).cpu()] * (1.0 - lam)
+        if self.padded > wav.shape[1]:
+            wav = torch.nn.functional.pad(wav, (0, self.padded - wav.shape[1]))
+        windows = torch.stack([wav[:, s : s + self.win] for s in self.starts], dim=1)  # (batch, n_windows, win)
+        flat = windows.reshape(-1, self.win)  # (batch * n_windows, win)
+        emb = torch.cat([self.bundle.embed(flat[i : i + self.batch_size])
+                         for i in range(0, flat.shape[0], self.batch_size)])  # (batch * n_windows, dim)
+        mean = emb.reshape(windows.shape[0], windows.shape[1], -1).mean(dim=1)  # (batch, dim)
+        with torch.inference_mode():
+            return self.probe(mean).float().clone()  # (batch, n_classes); clone: usable outside inference mode
+
+
+def online_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> OnlineTeacher:
+    """The :class:`OnlineTeacher` of a run: its encoder, the probe (as :func:`compute_teacher` fits and caches
+    it) and the training clips' waveforms at the encoder's rate, padded or cut to the front end's clip length.
+
+    The caller's random streams are left as they were.
+    """
+    from sp4sc.audio import load_audio
+    from sp4sc.log import logger
+    from sp4sc.probes.windows import window_samples
+
+    with _random_streams_kept():
+        cfg.check_weights()
+        classes = [str(c) for c in datamodule.classes]
+        root = Path(datamodule.index().root)
+        train = list(datamodule.clips("train"))
+        top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
+        teacher = _Teacher(cfg, root, len(classes), folder, top)
+        probe = teacher.fitted_probe(train)
+        bundle = teacher.encoder()
+    sr = int(bundle.sample_rate)
+    duration = float(datamodule.frontend_cfg.duration)
+    n = int(round(duration * sr))
+    size = len(train) * n * 4
+    dtype = torch.float32 if size <= OnlineTeacher.MAX_FLOAT32_BYTES else torch.float16
+    waves = torch.empty(len(train), n, dtype=dtype)
+    for i, c in enumerate(train):
+        waves[i] = torch.from_numpy(load_audio(root / c.path, sr, duration=duration))
+    hop = cfg.dt if cfg.hop is None else cfg.hop
+    logger.info(f"online distillation teacher: {len(train)} training clips held at {sr} Hz "
+                f"({waves.numel() * waves.element_size() / 2**20:.0f} MiB, {str(dtype).replace('torch.', '')}); "
+                "the encoder labels every mixed batch")
+    return OnlineTeacher(bundle, probe, waves, window_samples(cfg.dt, sr), window_samples(hop, sr), cfg.batch_size)
+
+
 def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, *,
                    stages: Sequence[str] = ("train", "val"), **settings: Any) -> dict[str, torch.Tensor]:
     """Teacher logits per stage, float32 ``(n_clips, n_classes)`` in ``datamodule.clips(stage)`` order.
@@ -557,5 +657,5 @@ def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, 
     return compute_teacher(datamodule, cfg, stages).logits
 
 
-__all__ = ["TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher", "teacher_logits",
-           "teacher_key", "teacher_windows"]
+__all__ = ["OnlineTeacher", "TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher",
+           "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]
