@@ -58,6 +58,14 @@ STAGES = ("val", "test")
 TRAINING_ONLY_KWARGS = ("fast",)
 
 
+def _batch_index(batch: dict[str, Any]) -> Any:
+    """The training clips' rows of a batch (what the teacher's targets are looked up by)."""
+    index = batch.get("index")
+    if index is None:
+        raise Sp4scError("--model.kd_teacher: training batches carry no 'index' (use SceneDataModule)")
+    return index
+
+
 def distillation_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -478,9 +486,7 @@ class SceneClassifier(pl.LightningModule):
         if self.kd_logits is None:
             raise Sp4scError("--model.kd_teacher: no teacher logits; train through a Trainer with a "
                              "SceneDataModule (they are computed in setup)")
-        index = batch.get("index")
-        if index is None:
-            raise Sp4scError("--model.kd_teacher: training batches carry no 'index' (use SceneDataModule)")
+        index = _batch_index(batch)
         x = batch["x"]
         if self.kd_logits.device != x.device:
             self.kd_logits = self.kd_logits.to(x.device)
@@ -618,9 +624,7 @@ class SceneClassifier(pl.LightningModule):
         if self.kd_online is None:
             raise Sp4scError("--model.kd_teacher.online: no online teacher; train through a Trainer with a "
                              "SceneDataModule (it is built in setup)")
-        index = batch.get("index")
-        if index is None:
-            raise Sp4scError("--model.kd_teacher: training batches carry no 'index' (use SceneDataModule)")
+        index = _batch_index(batch)
         perm, lam = None, 1.0
         if self.hparams["mixup_alpha"] > 0:
             perm, lam = mixup_draw(x.shape[0], self.hparams["mixup_alpha"], g)  # mixup()'s draw, same stream

@@ -515,6 +515,16 @@ class TeacherWindows:
             return self.probe(mean).float()  # (batch, n_classes)
 
 
+def _fitted_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool) -> tuple[_Teacher, list]:
+    """The run's :class:`_Teacher` (its cache folder as :func:`compute_teacher` names it) and the training clips."""
+    cfg.check_weights()
+    classes = [str(c) for c in datamodule.classes]
+    root = Path(datamodule.index().root)
+    train = list(datamodule.clips("train"))
+    top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
+    return _Teacher(cfg, root, len(classes), folder, top), train
+
+
 def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> TeacherWindows:
     """The window embeddings of the training clips and the fitted probe (see :class:`TeacherWindows`).
 
@@ -522,12 +532,7 @@ def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True)
     (read from the cache when it is there). The caller's random streams are left as they were.
     """
     with _random_streams_kept():
-        cfg.check_weights()
-        classes = [str(c) for c in datamodule.classes]
-        root = Path(datamodule.index().root)
-        train = list(datamodule.clips("train"))
-        top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
-        teacher = _Teacher(cfg, root, len(classes), folder, top)
+        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
         probe = teacher.fitted_probe(train)
         embs = teacher.window_embeddings([c.path for c in train])
     sr = teacher.encoder().sample_rate
@@ -615,14 +620,10 @@ def online_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) 
     from sp4sc.probes.windows import window_samples
 
     with _random_streams_kept():
-        cfg.check_weights()
-        classes = [str(c) for c in datamodule.classes]
-        root = Path(datamodule.index().root)
-        train = list(datamodule.clips("train"))
-        top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
-        teacher = _Teacher(cfg, root, len(classes), folder, top)
+        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
         probe = teacher.fitted_probe(train)
         bundle = teacher.encoder()
+    root = teacher.root
     sr = int(bundle.sample_rate)
     duration = float(datamodule.frontend_cfg.duration)
     n = int(round(duration * sr))
