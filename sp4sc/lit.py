@@ -31,6 +31,13 @@ before training and cached on disk; the training loss becomes
 the state dict or the exported model: a distilled student saves, loads, folds,
 exports and submits like any other.
 
+Feature distillation (``kd_embed_weight`` > 0, after FitNets, Romero et al.
+2015, at the clip level): a training-only linear head maps the student's clip
+embedding (the input of its classifier) to the teacher's standardised clip
+embedding, and its mean-squared error joins the loss. The head lives in the
+Lightning checkpoint (so a fold resumes) but never in the backbone: the exported
+model, its parameter count and its MACs are those of the plain student.
+
 Repeatability: with ``seed_everything`` set, each training epoch reseeds
 torch's generator from (seed, epoch, rank) and augmentation draws come from a
 generator seeded by (seed, global step, rank), so a run resumed from an
@@ -222,6 +229,12 @@ class SceneClassifier(pl.LightningModule):
             on the labels alone (exactly the plain fit, even with a teacher).
         kd_temperature: softmax temperature T of teacher and student in the distillation term
             (> 0; the term is scaled by T²).
+        kd_embed_weight: weight β of the feature-distillation term, added to the loss:
+            β · MSE(head(student clip embedding), teacher clip embedding), the teacher's embedding
+            (mean over its windows) standardised per dimension over the training clips
+            (:func:`sp4sc.probes.teacher.teacher_embeddings`) and mixed by mixup like the labels;
+            the head is a training-only ``nn.Linear`` (backbone ``feature_dim`` -> encoder ``dim``).
+            0 (default): no head, no term. Needs ``kd_teacher``; not with ``online`` or ``train_crop``.
         precise_bn: before the validation of the last epoch, re-estimate every BatchNorm's
             running statistics as plain averages over the training clips, without augmentation
             (:func:`recompute_bn_statistics`; weights untouched, so training is unchanged). The
@@ -257,6 +270,7 @@ class SceneClassifier(pl.LightningModule):
         kd_teacher: Optional[dict[str, Any]] = None,
         kd_lambda: float = 0.0,
         kd_temperature: float = 1.0,
+        kd_embed_weight: float = 0.0,
         train_crop: Optional[float] = None,
         precise_bn: bool = False,
     ):
@@ -276,6 +290,12 @@ class SceneClassifier(pl.LightningModule):
         if train_crop is not None and not train_crop > 0:
             raise Sp4scError(f"--model.train_crop {train_crop}: give the crop length in seconds (> 0), or null "
                              "for whole clips")
+        if not kd_embed_weight >= 0:
+            raise Sp4scError(f"--model.kd_embed_weight {kd_embed_weight}: must be >= 0 (0 turns feature "
+                             "distillation off)")
+        if kd_embed_weight > 0 and kd_teacher is None:
+            raise Sp4scError(f"--model.kd_embed_weight {kd_embed_weight}: needs a teacher; set --model.kd_teacher "
+                             "(e.g. recipes/esc10_sp4sc_kd.yaml) or --model.kd_embed_weight 0")
         if kd_lambda > 0 and kd_teacher is None:
             raise Sp4scError(f"--model.kd_lambda {kd_lambda}: needs a teacher; set --model.kd_teacher "
                              "(e.g. recipes/esc10_sp4sc_kd.yaml) or --model.kd_lambda 0")
@@ -288,6 +308,10 @@ class SceneClassifier(pl.LightningModule):
             self.kd_config = (kd_teacher if isinstance(kd_teacher, TeacherConfig)
                               else TeacherConfig.from_dict(kd_teacher))
             hop = self.kd_config.dt if self.kd_config.hop is None else self.kd_config.hop
+            if kd_embed_weight > 0 and (self.kd_config.online or train_crop is not None):
+                raise Sp4scError(f"--model.kd_embed_weight {kd_embed_weight:g}: feature distillation reads the cached "
+                                 "clip embeddings of whole clips; drop --model.kd_teacher.online / "
+                                 "--model.train_crop, or set --model.kd_embed_weight 0")
             if train_crop is not None and self.kd_config.online:
                 raise Sp4scError(f"--model.train_crop {train_crop:g} with --model.kd_teacher.online true: the online "
                                  "teacher labels whole clips; drop one of the two")
@@ -324,6 +348,10 @@ class SceneClassifier(pl.LightningModule):
         self.kd_windows = None  # sp4sc.probes.teacher.TeacherWindows: labels the crops of train_crop
         self.kd_online = None  # sp4sc.probes.teacher.OnlineTeacher: labels every mixed batch (kd_teacher.online)
         self.kd_info: dict[str, Any] = {}
+        # feature distillation: the training-only head (a submodule, built with the backbone) and the
+        # teacher's standardised clip embeddings of the training clips (a plain attribute, set in setup("fit"))
+        self.kd_embed_head: Optional[nn.Linear] = None
+        self.kd_embeddings: Optional[torch.Tensor] = None
         self.precise_bn_clips = 0  # clips the last precise-BN pass averaged over
 
     # ------------------------------------------------------------------ build
@@ -369,7 +397,27 @@ class SceneClassifier(pl.LightningModule):
             if n is not None and n != len(classes):
                 raise Sp4scError(f"the backbone predicts {n} classes but the data has {len(classes)}; "
                                  "set n_classes from the data (leave backbone_kwargs.n_classes out)")
+        self._build_embed_head()
         self.evaluation.configure(len(classes), devices, known=DEVICES)
+
+    def _build_embed_head(self) -> None:
+        """The feature-distillation head (``kd_embed_weight`` > 0), once the backbone exists.
+
+        Built in every stage, so a checkpoint that holds it loads strictly for validate and test
+        too; initialised from its own generator, so the backbone's weights and the batches drawn
+        are those of the same run without it.
+        """
+        if self.hparams.get("kd_embed_weight", 0.0) <= 0 or self.kd_embed_head is not None or self.backbone is None:
+            return
+        if not hasattr(self.backbone, "logits_and_features"):
+            raise Sp4scError(f"--model.kd_embed_weight: backbone {self.arch_name!r} has no logits_and_features(); "
+                             "feature distillation needs a registry CNN (sp4sc, cnn6, ...)")
+        from sp4sc.probes.encoders import create_encoder
+
+        dim = int(create_encoder(self.kd_config.encoder).dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed() + 7919)
+            self.kd_embed_head = nn.Linear(int(self.backbone.feature_dim), dim)
 
     def _prepare_backbone(self) -> None:
         if self.hparams.get("fast_path"):
@@ -426,6 +474,16 @@ class SceneClassifier(pl.LightningModule):
             "fit_clips": len(out.fit_clips), "accuracy": dict(out.accuracy), "top_probability": confidence,
             "cache": None if out.folder is None else str(out.folder),
         }
+        if self.kd_embed_head is not None:
+            from sp4sc.probes.teacher import teacher_embeddings
+
+            self.kd_embeddings = teacher_embeddings(dm, cfg)  # (n_train, dim)
+            if self.kd_embeddings.shape != (self.kd_logits.shape[0], self.kd_embed_head.out_features):
+                raise Sp4scError(f"--model.kd_embed_weight: the teacher's embeddings are {tuple(self.kd_embeddings.shape)}, "
+                                 f"expected ({self.kd_logits.shape[0]}, {self.kd_embed_head.out_features}); delete the "
+                                 f"teacher cache {out.folder} and retry")
+            self.kd_info["embed"] = {"weight": self.hparams["kd_embed_weight"],
+                                     "dim": int(self.kd_embeddings.shape[1])}
         if cfg.online:
             from sp4sc.probes.teacher import online_teacher
 
@@ -553,11 +611,22 @@ class SceneClassifier(pl.LightningModule):
             self.backbone, self.device.type, h.get("cpu_path"), h.get("compile_backbone"), h.get("cpu_bf16"),
             name=self.arch_name)
         self.train_setup = self._cpu.setup
+        if self.kd_embed_head is not None and self._cpu.compiled is not None:
+            self._cpu.compiled = torch.compile(self.backbone.logits_and_features, dynamic=False)
         return self.train_setup
 
-    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward: compiled and under bf16 autocast where :meth:`setup_cpu_training` chose so."""
-        return self(x) if self._cpu is None else self._cpu.forward(self, x)
+    def _logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone.logits_and_features(x)
+
+    def _train_forward(self, x: torch.Tensor) -> Any:
+        """The training forward: compiled and under bf16 autocast where :meth:`setup_cpu_training` chose so.
+
+        Logits ``(batch, classes)``; with feature distillation, ``(logits, features)``.
+        """
+        eager = self._logits_and_features if self.kd_embed_head is not None else self
+        return eager(x) if self._cpu is None else self._cpu.forward(eager, x)
 
     def on_validation_epoch_start(self) -> None:
         trainer = self._trainer
@@ -603,18 +672,24 @@ class SceneClassifier(pl.LightningModule):
         crop, offsets = self._crop_frames(x.shape[2]), None
         if crop is not None:
             x, offsets = random_crop(x, crop, g)  # (batch, 1, crop, mels), (batch,)
+        embedding = None
         if self.kd_config is not None and self.kd_config.online:
             x, target, teacher = self._online_mixup(batch, x, target, g)
         else:
-            x, target, teacher = self._mixup(batch, x, target, g, offsets, crop or 0)
+            x, target, teacher, embedding = self._mixup(batch, x, target, g, offsets, crop or 0)
         if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
             x = self.spec_augment(x, generator=g)
-        logits = self._train_forward(x)
+        out = self._train_forward(x)
+        logits, features = out if self.kd_embed_head is not None else (out, None)
         if teacher is None:
             loss = self._loss(logits, target)
         else:
             loss = distillation_loss(logits, target, teacher, self.hparams["kd_lambda"],
                                      self.hparams["kd_temperature"], label_loss=self._loss)
+        if features is not None:
+            embed_loss = F.mse_loss(self.kd_embed_head(features.float()), embedding)
+            self.log("train/embed_loss", embed_loss, on_step=False, on_epoch=True, batch_size=y.shape[0])
+            loss = loss + self.hparams["kd_embed_weight"] * embed_loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
         return loss
 
@@ -634,18 +709,35 @@ class SceneClassifier(pl.LightningModule):
         t = self.kd_online.logits(torch.as_tensor(index), perm, lam).to(x.device)  # (batch, classes)
         return x, target, torch.softmax(t / self.hparams["kd_temperature"], dim=1)
 
+    def _teacher_embeddings(self, batch: dict[str, Any], x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The teacher's standardised clip embeddings ``(batch, dim)`` of a training batch, or None."""
+        if self.kd_embed_head is None:
+            return None
+        if self.kd_embeddings is None:
+            raise Sp4scError("--model.kd_embed_weight: no teacher embeddings; train through a Trainer with a "
+                             "SceneDataModule (they are loaded in setup)")
+        if self.kd_embeddings.device != x.device:
+            self.kd_embeddings = self.kd_embeddings.to(x.device)
+        return self.kd_embeddings.index_select(0, torch.as_tensor(_batch_index(batch), device=x.device).long())
+
     def _mixup(self, batch: dict[str, Any], x: torch.Tensor, target: torch.Tensor, g: torch.Generator,
-               offsets: Optional[torch.Tensor], crop: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Mixup of inputs, labels and the cached teacher's probabilities (None without a teacher)."""
+               offsets: Optional[torch.Tensor], crop: int
+               ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Mixup of inputs, labels, the cached teacher's probabilities and its clip embeddings.
+
+        Returns ``(x, target, teacher, embedding)``; teacher is None without a teacher, embedding
+        None without feature distillation. One permutation and weight for all of them.
+        """
         teacher = self._teacher_probs(batch, offsets, crop)  # (batch, classes) or None
+        embedding = self._teacher_embeddings(batch, x)  # (batch, dim) or None
         if self.hparams["mixup_alpha"] > 0:
-            if teacher is None:
-                x, target = mixup(x, target, self.hparams["mixup_alpha"], g)
-            else:  # one permutation and weight for labels and teacher targets alike
-                n = target.shape[1]
-                x, both = mixup(x, torch.cat([target, teacher], dim=1), self.hparams["mixup_alpha"], g)
-                target, teacher = both[:, :n], both[:, n:]  # (batch, classes) each
-        return x, target, teacher
+            parts = [t for t in (target, teacher, embedding) if t is not None]
+            x, mixed = mixup(x, torch.cat(parts, dim=1), self.hparams["mixup_alpha"], g)
+            pieces = iter(mixed.split([t.shape[1] for t in parts], dim=1))
+            target = next(pieces)
+            teacher = None if teacher is None else next(pieces)
+            embedding = None if embedding is None else next(pieces)
+        return x, target, teacher, embedding
 
     # ------------------------------------------------------------- evaluation
 
@@ -687,7 +779,10 @@ class SceneClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = torch.optim.AdamW(self.backbone.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        params = list(self.backbone.parameters())
+        if self.kd_embed_head is not None:
+            params += list(self.kd_embed_head.parameters())
+        opt = torch.optim.AdamW(params, lr=h["lr"], weight_decay=h["weight_decay"])
         t_max = h.get("cosine_epochs") or self.trainer.max_epochs
         if t_max is None or t_max < 1:
             raise Sp4scError("the cosine schedule needs --trainer.max_epochs or --model.cosine_epochs")
@@ -709,6 +804,7 @@ class SceneClassifier(pl.LightningModule):
         if self.kd_config is not None:  # provenance only: load_model ignores it
             spec["distillation"] = {"kd_lambda": self.hparams["kd_lambda"],
                                     "kd_temperature": self.hparams["kd_temperature"],
+                                    "kd_embed_weight": self.hparams.get("kd_embed_weight", 0.0),
                                     "teacher": {k: v for k, v in self.kd_info.items() if k != "cache"}
                                     or {"encoder": self.kd_config.encoder, "dt": self.kd_config.dt}}
         return _plain(spec)

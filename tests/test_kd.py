@@ -464,3 +464,106 @@ def test_online_teacher_refuses_train_crop():
         SceneClassifier("sp4sc_w32", kd_teacher={"encoder": FakeEncoder.name, "online": True, "dt": 0.1},
                         kd_lambda=0.5, train_crop=0.3)
     assert "--model.kd_teacher.online" in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- feature distillation
+
+@pytest.mark.parametrize("name", ["sp4sc_w32", "cnn6"])
+def test_logits_and_features_is_forward_and_the_classifier_input(name):
+    from sp4sc.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(name, n_classes=3, n_mels=64).eval()
+    x = torch.randn(2, 1, 32, 64)
+    logits, feats = net.logits_and_features(x)
+    assert feats.shape == (2, net.feature_dim)
+    torch.testing.assert_close(logits, net(x))
+    torch.testing.assert_close(feats, net.features(x))
+    torch.testing.assert_close(getattr(net, net.head_name)(feats), logits)
+
+
+def test_feature_distillation_mixes_the_embeddings_with_the_labels(tmp_path):
+    from sp4sc.data.augment import mixup_draw
+
+    model = SceneClassifier("sp4sc_w32", kd_teacher=_teacher(tmp_path), kd_lambda=0.5, kd_embed_weight=1.0,
+                            mixup_alpha=0.4)
+    model.configure_data(["a", "b"])
+    assert isinstance(model.kd_embed_head, torch.nn.Linear)
+    assert (model.kd_embed_head.in_features, model.kd_embed_head.out_features) == (model.backbone.feature_dim,
+                                                                                   FakeEncoder.dim)
+    torch.manual_seed(1)
+    model.kd_logits, model.kd_embeddings = torch.randn(6, 2), torch.randn(6, FakeEncoder.dim)
+    index = torch.tensor([0, 2, 3, 5])
+    batch = {"x": torch.randn(4, 1, 32, 64), "y": torch.tensor([0, 1, 1, 0]), "index": index}
+    target = torch.nn.functional.one_hot(batch["y"], 2).float()
+    x, mixed_target, teacher, emb = model._mixup(batch, batch["x"], target, torch.Generator().manual_seed(5), None, 0)
+    perm, lam = mixup_draw(4, 0.4, torch.Generator().manual_seed(5))
+    assert 0.0 < lam < 1.0
+
+    def mix(a):
+        return a * lam + a[perm] * (1 - lam)
+
+    e = model.kd_embeddings[index]
+    torch.testing.assert_close(emb, mix(e))
+    torch.testing.assert_close(mixed_target, mix(target))
+    torch.testing.assert_close(teacher, mix(torch.softmax(model.kd_logits[index], dim=1)))
+    torch.testing.assert_close(x, mix(batch["x"]))
+
+
+def test_feature_distillation_fit_trains_a_head_that_never_leaves_the_checkpoint(esc, tmp_path, monkeypatch):
+    kd = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path), kd_lambda=0.9, kd_temperature=2.0)
+    assert kd.kd_embed_head is None and kd.kd_embeddings is None
+    head_inits = []
+    real = teacher_mod.teacher_embeddings
+    monkeypatch.setattr(teacher_mod, "teacher_embeddings", lambda *a, **k: head_inits.append(1) or real(*a, **k))
+    feat = _fit(esc, tmp_path, kd_teacher=_teacher(tmp_path), kd_lambda=0.9, kd_temperature=2.0, kd_embed_weight=2.0)
+    assert head_inits == [1]
+    # the teacher's clip embeddings, standardised over the 12 training clips
+    e = feat.kd_embeddings
+    assert e.shape == (12, FakeEncoder.dim)
+    torch.testing.assert_close(e.mean(dim=0), torch.zeros(FakeEncoder.dim), atol=1e-5, rtol=0)
+    assert feat.kd_info["embed"] == {"weight": 2.0, "dim": FakeEncoder.dim}
+    # the term changes the training; the head itself was trained (it is in the optimizer)
+    a, b = kd.backbone.state_dict(), feat.backbone.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7919)
+        untrained = torch.nn.Linear(feat.backbone.feature_dim, FakeEncoder.dim)
+    assert not torch.equal(untrained.weight, feat.kd_embed_head.weight)
+    # the head is in the Lightning checkpoint (a fold resumes, validate loads strictly) ...
+    path = tmp_path / "feat.ckpt"
+    feat.trainer_.save_checkpoint(path)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    head_keys = {k for k in ck["state_dict"] if not k.startswith("backbone.")}
+    assert head_keys == {"kd_embed_head.weight", "kd_embed_head.bias"}
+    again = SceneClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(again.kd_embed_head.weight, feat.kd_embed_head.weight)
+    assert ck["sp4sc"]["distillation"]["kd_embed_weight"] == 2.0
+    # ... but never in the student: same parameters as the plain model, same outputs
+    loaded = load_model(path)
+    plain_params = sum(p.numel() for p in kd.backbone.parameters())
+    assert sum(p.numel() for p in loaded.model.parameters()) == plain_params
+    x = torch.randn(2, 1, 32, 64)
+    feat.eval()
+    torch.testing.assert_close(loaded.model(x), feat.backbone(x))
+    from sp4sc.cli import main
+
+    assert main(["export", "--ckpt", str(path), "--out", str(tmp_path / "export")]) == 0
+
+
+def test_feature_distillation_arguments_are_checked(tmp_path):
+    from test_lit import TinyNet
+
+    teacher = {"encoder": FakeEncoder.name, "dt": 0.1}
+    for kw, needle in [
+        ({"kd_embed_weight": -1.0, "kd_teacher": teacher}, "--model.kd_embed_weight -1.0: must be >= 0"),
+        ({"kd_embed_weight": 1.0}, "--model.kd_embed_weight 1.0: needs a teacher"),
+        ({"kd_embed_weight": 1.0, "kd_teacher": {**teacher, "online": True}}, "drop --model.kd_teacher.online"),
+        ({"kd_embed_weight": 1.0, "kd_teacher": teacher, "train_crop": 0.3}, "--model.train_crop"),
+    ]:
+        with pytest.raises(Sp4scError) as err:
+            SceneClassifier("sp4sc_w32", **kw)
+        assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
+    model = SceneClassifier(TinyNet(n_classes=2), kd_teacher=teacher, kd_embed_weight=1.0)
+    with pytest.raises(Sp4scError, match="backbone 'tiny' has no logits_and_features"):
+        model.configure_data(["a", "b"])

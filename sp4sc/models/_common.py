@@ -155,17 +155,29 @@ class MelCNN(nn.Module):
     def folded(self) -> bool:
         return isinstance(self.bn0, MelAffine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`features` (the input of the classifier head)."""
+        return int(self.fc1.out_features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip embedding the classifier head reads: ``(batch, 1, frames, mels)`` -> ``(batch, feature_dim)``."""
         check_input(x, self.n_mels, self.min_frames, self.arch_name)
-        # (batch, 1, frames, mels)
         x = apply_mel_norm(self.bn0, x)  # (batch, 1, frames, mels)
         for block in self.blocks:
             x = block(x)  # (batch, channels, frames / 2**i, mels / 2**i)
         x = time_freq_head_pool(x)  # (batch, channels)
         x = self.dropout1(x)
-        x = self.relu(self.fc1(x))  # (batch, channels)
-        x = self.dropout2(x)
-        return getattr(self, self.head_name)(x)  # (batch, n_classes)
+        return self.relu(self.fc1(x))  # (batch, channels)
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward(x), features(x))`` from one pass (feature distillation reads both)."""
+        f = self.features(x)  # (batch, channels)
+        return getattr(self, self.head_name)(self.dropout2(f)), f  # (batch, n_classes), (batch, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, 1, frames, mels) -> (batch, n_classes)
+        return self.logits_and_features(x)[0]
 
     def fuse(self):
         """Fold every BatchNorm in place: input BN -> per-mel affine, block BNs -> conv bias."""

@@ -525,6 +525,22 @@ def _fitted_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool) -> tup
     return _Teacher(cfg, root, len(classes), folder, top), train
 
 
+def teacher_embeddings(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> torch.Tensor:
+    """The teacher's clip embeddings of the training clips, standardised: float32 ``(n_train, dim)``.
+
+    Each clip's embedding is the mean of its window embeddings (what the probe reads), rows in
+    ``datamodule.clips("train")`` order (a training batch's ``index``). Every dimension is then
+    centred and scaled by its mean and standard deviation over these clips, so a mean-squared
+    error against them is about 1 for a student that predicts the average clip. Read from the
+    embedding cache :func:`compute_teacher` fills. The caller's random streams are left as they were.
+    """
+    with _random_streams_kept():
+        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
+        x = teacher.clip_embeddings([c.path for c in train])  # (n_train, dim)
+    x = torch.from_numpy(np.array(x, dtype=np.float32))
+    return (x - x.mean(dim=0)) / (x.std(dim=0, unbiased=False) + 1e-6)
+
+
 def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> TeacherWindows:
     """The window embeddings of the training clips and the fitted probe (see :class:`TeacherWindows`).
 
