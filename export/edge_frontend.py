@@ -1,6 +1,6 @@
 """The edge side's audio loading and log-mel front end, in numpy (no torch, no librosa).
 
-This is the numpy twin of ``sp4sc.audio.load_audio`` and ``sp4sc.features.LogMel``:
+This is the numpy twin of ``sp4sc.frontend.audio.load_audio`` and ``sp4sc.frontend.features.LogMel``:
 an exported model folder (``sp4sc export``) holds ``frontend.json`` with the
 front end's settings, and these functions turn audio files into the model's
 input ``(batch, 1, frames, mels)`` exactly as the library does (the tests check
@@ -34,14 +34,14 @@ class EdgeError(Exception):
     """Bad input for the edge runner; the message names the file and the fix (printed on one line)."""
 
 
-# As sp4sc.audio: resampling is said once per process and rate pair; a clip shorter than
+# As sp4sc.frontend.audio: resampling is said once per process and rate pair; a clip shorter than
 # FAR_SHORTER of the expected length is padded with a warning (lines on stderr, like sp4sc's log).
 FAR_SHORTER = 0.5
 _NOTED: set[tuple[int, int]] = set()
 
 
 def frontend_digest(cfg: dict[str, Any]) -> str:
-    """Hash of the front-end settings; equals ``sp4sc.features.FrontEndConfig.digest()``."""
+    """Hash of the front-end settings; equals ``sp4sc.frontend.features.FrontEndConfig.digest()``."""
     d = {k: v for k, v in cfg.items() if k != "name"}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -97,7 +97,7 @@ class EdgeFrontEnd:
 
     Centred frames with reflect padding, periodic Hann window, power spectrum,
     Slaney mel filters, ``10 * log10(max(P, amin))``: the definition of
-    ``sp4sc.features.LogMel``.
+    ``sp4sc.frontend.features.LogMel``.
 
     Args:
         cfg: the ``"frontend"`` entry of ``frontend.json`` (``FrontEndConfig.to_dict()``).
@@ -209,7 +209,7 @@ class _SparseMel:
 def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np.ndarray:
     """Read an audio file as float32 mono at ``sample_rate``, zero-padded or cropped to ``duration`` s.
 
-    The twin of ``sp4sc.audio.load_audio``: channels are averaged, the audio is
+    The twin of ``sp4sc.frontend.audio.load_audio``: channels are averaged, the audio is
     resampled with soxr (quality "HQ") when its rate differs, then padded with
     zeros at the end or cropped from the start.
     """
@@ -231,7 +231,7 @@ def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np
         raise EdgeError(f"{path}: the file holds no audio samples")
     if not np.isfinite(data).all():
         raise EdgeError(f"{path}: audio contains NaN or inf samples; re-encode the file")
-    wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)  # as sp4sc.audio.read_audio
+    wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)  # as sp4sc.frontend.audio.read_audio
     if sr != sample_rate:
         try:
             import soxr
@@ -253,7 +253,7 @@ def load_audio(path: str | Path, sample_rate: int, duration: float | None) -> np
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-# --- clip length at inference: the twin of sp4sc.audio.fit_clip / ClipLengths ---
+# --- clip length at inference: the twin of sp4sc.frontend.audio.fit_clip / ClipLengths ---
 
 PAD_MODES = ("silence", "repeat")
 
@@ -310,7 +310,7 @@ class ClipLengths:
 
 
 def too_short_message(path: str, n: int, min_samples: int, sample_rate: int, trained_s: float, pad: str | None) -> str:
-    """The one-line error for a clip too short for the model (the wording of sp4sc.infer)."""
+    """The one-line error for a clip too short for the model (the wording of sp4sc.deploy.infer)."""
     fix = (f"pass --pad silence or --pad repeat to pad clips to the model's trained {trained_s:g} s"
            if pad is None else "the clip holds almost no audio; check the file")
     return (f"{path}: {n / sample_rate:.3f} s of audio, shorter than the {min_samples / sample_rate:.3f} s "

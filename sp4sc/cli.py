@@ -65,7 +65,7 @@ def _dispatch(argv: list[str]) -> int:
     module = importlib.import_module(COMMANDS[command][0])
     if hasattr(module, "main_argv") and not {"-h", "--help"} & set(rest):
         return module.main_argv(rest) or 0  # commands that pass unknown --key value pairs on (cv)
-    from sp4sc.helptext import PlainHelpParser  # help without reStructuredText markup
+    from sp4sc.commands.helptext import PlainHelpParser  # help without reStructuredText markup
 
     parser = PlainHelpParser(prog=f"sp4sc {command}", description=COMMANDS[command][1])
     module.add_arguments(parser)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     log.setup(debug)
     try:
-        from sp4sc import helpcache  # a command's --help that is slow to build is printed from a cache
+        from sp4sc.commands import helpcache  # a command's --help that is slow to build is printed from a cache
 
         return helpcache.run(argv, _dispatch)
     except Sp4scError as exc:

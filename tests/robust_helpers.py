@@ -249,7 +249,7 @@ def _capped(mode: str, extra: int, args: list[str]) -> int:
         return 0
     if mode == "build":
         from sp4sc.data.cache import build_cache
-        from sp4sc.features import FrontEndConfig
+        from sp4sc.frontend.features import FrontEndConfig
         import json
 
         cfg = FrontEndConfig.from_dict(json.loads(args[0]))

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from sp4sc import log
-from sp4sc.audio import load_audio, load_batch
+from sp4sc.frontend.audio import load_audio, load_batch
 from sp4sc.errors import Sp4scError
 
 SR = 44100

@@ -17,10 +17,10 @@ import soundfile as sf
 import torch
 
 import sp4sc.data.cache as cache_mod
-from sp4sc.audio import load_audio
+from sp4sc.frontend.audio import load_audio
 from sp4sc.data.cache import KILL_ENV, build_cache
 from sp4sc.errors import Sp4scError
-from sp4sc.features import LogMel, frontend_preset
+from sp4sc.frontend.features import LogMel, frontend_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = frontend_preset("demo", duration=0.5)
@@ -127,7 +127,7 @@ def test_resume_after_kill_equals_uninterrupted_run(clips, tmp_path, counted):
     script = textwrap.dedent(f"""
         import sys
         from sp4sc.data.cache import build_cache
-        from sp4sc.features import frontend_preset
+        from sp4sc.frontend.features import frontend_preset
         names = {names!r}
         build_cache({str(root)!r}, names, frontend_preset("demo", duration=0.5), {str(tmp_path / "cache")!r},
                     workers=2, progress=False, chunk_size=3)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sp4sc.checkpoint import model_spec, save_model
+from sp4sc.models.checkpoint import model_spec, save_model
 from sp4sc.cli import main
-from sp4sc.complexity import check_budget, complexity_report, count_params
+from sp4sc.deploy.complexity import check_budget, complexity_report, count_params
 from sp4sc.constants import SCENES
 from sp4sc.errors import BudgetExceeded, Sp4scError
-from sp4sc.features import frontend_preset
-from sp4sc.fold import fold_batchnorm
+from sp4sc.frontend.features import frontend_preset
+from sp4sc.models.fold import fold_batchnorm
 from sp4sc.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_cli_config_with_init_args_and_bases(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "# bases: base.yaml\n"
-        "model:\n  class_path: sp4sc.lit.SceneClassifier\n  init_args:\n"
+        "model:\n  class_path: sp4sc.training.lit.SceneClassifier\n  init_args:\n"
         "    backbone: sp4sc_w32\n    backbone_kwargs: {dropout: 0.1}\n"
         "data:\n  init_args:\n    duration: 1.0\n"
     )

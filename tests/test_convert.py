@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from sp4sc.checkpoint import load_model
+from sp4sc.models.checkpoint import load_model
 from sp4sc.cli import main
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
-from sp4sc.features import LogMel, frontend_preset
-from sp4sc.fold import fold_batchnorm
+from sp4sc.frontend.features import LogMel, frontend_preset
+from sp4sc.models.fold import fold_batchnorm
 from sp4sc.models import create_model
-from sp4sc.sp4asc_import import convert_sp4asc, key_map, read_sp4asc
+from sp4sc.deploy.sp4asc_import import convert_sp4asc, key_map, read_sp4asc
 
 pytestmark = pytest.mark.shared
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from sp4sc import fileio
-from sp4sc.checkpoint import check_state_dict, read_checkpoint
+from sp4sc.models.checkpoint import check_state_dict, read_checkpoint
 from sp4sc.cli import main
 from sp4sc.errors import BudgetExceeded, Sp4scError
-from sp4sc.features import FrontEndConfig, frontend_preset
+from sp4sc.frontend.features import FrontEndConfig, frontend_preset
 
 
 def test_unknown_command_is_one_line_error(capsys):

@@ -128,7 +128,7 @@ def test_bf16_autocast_switches_itself_off_without_native_bf16(monkeypatch):
     import torch
 
     from sp4sc import cpu
-    from sp4sc.lit import SceneClassifier
+    from sp4sc.training.lit import SceneClassifier
 
     monkeypatch.setenv("SP4SC_CPU_BF16", "0")
     assert not cpu.has_native_bf16()

@@ -29,7 +29,7 @@ def test_demo_smoke(tmp_path, monkeypatch, capsys):
     assert 0.0 <= res["overall"]["accuracy"] <= 1.0 and res["overall"]["logloss"] > 0
     assert (out / "checkpoints" / "best.ckpt").exists() and (out / "checkpoints" / "last.ckpt").exists()
 
-    from sp4sc.checkpoint import load_model
+    from sp4sc.models.checkpoint import load_model
 
     loaded = load_model(out / "model.pt")
     assert loaded.name == "sp4sc" and loaded.frontend.name == "demo" and len(loaded.classes) == 10

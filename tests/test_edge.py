@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from sp4sc import onnx_export
-from sp4sc.audio import load_audio
-from sp4sc.checkpoint import load_model
+from sp4sc.deploy import onnx_export
+from sp4sc.frontend.audio import load_audio
+from sp4sc.models.checkpoint import load_model
 from sp4sc.cli import main as cli_main
-from sp4sc.features import LogMel, frontend_preset, mel_filterbank
+from sp4sc.frontend.features import LogMel, frontend_preset, mel_filterbank
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT_DIR = ROOT / "export"
@@ -182,7 +182,7 @@ def test_edge_too_short_clip_is_one_line_naming_the_fix(export_dir, tmp_path, ed
 
 
 def test_fit_clip_twins_agree():
-    from sp4sc.audio import ClipLengths, fit_clip
+    from sp4sc.frontend.audio import ClipLengths, fit_clip
 
     x = np.arange(1, 8, dtype=np.float32)
     for n in (3, 7, 16):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.features import PRESETS, FrontEndConfig, LogMel, frontend_preset
+from sp4sc.frontend.features import PRESETS, FrontEndConfig, LogMel, frontend_preset
 
 ESC_CLIPS = ("1-100032-A-0.ogg", "1-116765-A-41.ogg", "2-109505-A-21.ogg", "3-151080-A-20.ogg", "4-175945-A-38.ogg")
 
@@ -35,7 +35,7 @@ def test_preset_shapes(name, shape):
 @pytest.mark.shared
 @pytest.mark.parametrize("name", ["sp4asc", "panns"])
 def test_parity_with_librosa_on_esc10(esc10_root, name):
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
 
     cfg = frontend_preset(name, duration=5.0)
     logmel = LogMel(cfg)
@@ -99,7 +99,7 @@ def test_config_digest_and_dict():
 def test_mel_filterbank_matches_librosa(name):
     import librosa
 
-    from sp4sc.features import mel_filterbank
+    from sp4sc.frontend.features import mel_filterbank
 
     cfg = PRESETS[name]
     ref = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sp4sc.features import LogMel, frontend_preset
-from sp4sc.fold import fold_batchnorm, is_folded
+from sp4sc.frontend.features import LogMel, frontend_preset
+from sp4sc.models.fold import fold_batchnorm, is_folded
 from sp4sc.models import create_model, list_models, model_entry
 from sp4sc.models._common import MelAffine
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sp4sc import helpcache
+from sp4sc.commands import helpcache
 from sp4sc.cli import COMMANDS, LIGHTNING_COMMANDS, main
-from sp4sc.helptext import PlainHelpParser, plain
+from sp4sc.commands.helptext import PlainHelpParser, plain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_help_cache_key_follows_sources_and_recipes(tmp_path, monkeypatch):
     recipe.write_text("model:\n  lr: 2.0\n")
     assert helpcache.help_key(argv) != key
     key = helpcache.help_key(argv)
-    source = helpcache.PACKAGE / "helptext.py"
+    source = helpcache.PACKAGE / "commands" / "helptext.py"
     st = source.stat()
     try:
         os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from sp4sc.audio import load_audio
-from sp4sc.checkpoint import load_model
+from sp4sc.frontend.audio import load_audio
+from sp4sc.models.checkpoint import load_model
 from sp4sc.cli import main as cli_main
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
-from sp4sc.features import LogMel
-from sp4sc.infer import predict_files, result_json, tta_spec_augment
+from sp4sc.frontend.features import LogMel
+from sp4sc.deploy.infer import predict_files, result_json, tta_spec_augment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_onnx_export import TINY, make_model_file  # noqa: E402
@@ -138,7 +138,7 @@ def test_default_is_each_clips_own_length_said_once(setup, caplog):
 
 
 def test_pad_repeat_and_crop(setup, caplog):
-    from sp4sc.audio import fit_clip
+    from sp4sc.frontend.audio import fit_clip
 
     ckpt, files = setup
     loaded = load_model(ckpt)

@@ -13,10 +13,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from sp4sc.checkpoint import load_model
+from sp4sc.models.checkpoint import load_model
 from sp4sc.data.datamodule import SceneDataModule
 from sp4sc.errors import Sp4scError
-from sp4sc.lit import SceneClassifier, distillation_loss
+from sp4sc.training.lit import SceneClassifier, distillation_loss
 from sp4sc.probes import teacher as teacher_mod
 from sp4sc.probes.encoders import ENCODERS, register_encoder
 from sp4sc.probes.fake import FakeEncoder
@@ -414,7 +414,7 @@ def test_online_teacher_without_mixing_is_the_cached_teacher(esc, tmp_path):
 
 
 def test_online_teacher_labels_the_mixed_waveforms(esc, tmp_path):
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
 
     dm = _dm(esc, tmp_path)
     cfg = TeacherConfig.from_dict(_teacher(tmp_path, online=True))

@@ -25,11 +25,11 @@ def _imports(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("infer.py", {"sp4sc.onnx_export", "sp4sc.onnx_graph", "sp4sc.onnx_parity"}),
-    ("fold.py", {"sp4sc.infer", "sp4sc.onnx_export", "sp4sc.onnx_graph", "sp4sc.onnx_parity"}),
-    ("onnx_export.py", {"sp4sc.infer"}),
-    ("onnx_graph.py", {"sp4sc.infer", "sp4sc.onnx_export", "sp4sc.onnx_parity"}),
-    ("onnx_parity.py", {"sp4sc.infer", "sp4sc.onnx_export"}),
+    ("deploy/infer.py", {"sp4sc.deploy.onnx_export", "sp4sc.deploy.onnx_graph", "sp4sc.deploy.onnx_parity"}),
+    ("models/fold.py", {"sp4sc.deploy.infer", "sp4sc.deploy.onnx_export", "sp4sc.deploy.onnx_graph", "sp4sc.deploy.onnx_parity"}),
+    ("deploy/onnx_export.py", {"sp4sc.deploy.infer"}),
+    ("deploy/onnx_graph.py", {"sp4sc.deploy.infer", "sp4sc.deploy.onnx_export", "sp4sc.deploy.onnx_parity"}),
+    ("deploy/onnx_parity.py", {"sp4sc.deploy.infer", "sp4sc.deploy.onnx_export"}),
 ])
 def test_no_import_circle_between_inference_and_export(module, forbidden):
     assert not _imports(PKG / module) & forbidden
@@ -44,12 +44,13 @@ def test_library_modules_do_not_know_the_demo():
 
 
 def test_deploy_model_lives_with_folding_and_the_old_names_still_work():
-    from sp4sc import fold, infer, onnx_export
+    from sp4sc.deploy import infer, onnx_export
+    from sp4sc.models import fold
 
     assert onnx_export.deploy_model is fold.deploy_model and onnx_export.DeploySepBlock is fold.DeploySepBlock
     assert infer.inference_model is fold.inference_model
 
 
 def test_inference_imports_no_onnx():
-    code = "import sys, sp4sc.infer; sys.exit(any(m.startswith(('onnx', 'sp4sc.onnx')) for m in sys.modules))"
+    code = "import sys, sp4sc.deploy.infer; sys.exit(any(m.startswith(('onnx', 'sp4sc.deploy.onnx')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

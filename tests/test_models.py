@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.features import frontend_preset
+from sp4sc.frontend.features import frontend_preset
 from sp4sc.models import create_model, list_models, model_entry
 
 ALL = list_models()

@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 
-from sp4sc import onnx_export
-from sp4sc.checkpoint import load_model, model_spec, save_model
+from sp4sc.deploy import onnx_export
+from sp4sc.models.checkpoint import load_model, model_spec, save_model
 from sp4sc.cli import main as cli_main
 from sp4sc.constants import SCENES
 from sp4sc.errors import BudgetExceeded, Sp4scError
-from sp4sc.features import LogMel, frontend_preset
-from sp4sc.fold import fold_batchnorm
+from sp4sc.frontend.features import LogMel, frontend_preset
+from sp4sc.models.fold import fold_batchnorm
 from sp4sc.models import create_model, list_models
 
 # A small front end keeps every export fast: 16 kHz, 64 mels, 1 s -> 63 frames.
@@ -220,8 +220,8 @@ def test_fp16_and_int8_on_real_esc10_with_sp4asc_weights(sp4asc_weights, esc10_r
     There is no TAU audio here, so this measures agreement with the fp32 model on real
     audio, not accuracy on the task.
     """
-    from sp4sc.audio import load_audio
-    from sp4sc.sp4asc_import import write_converted
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.deploy.sp4asc_import import write_converted
 
     ckpt = tmp_path / "sp4asc.pt"
     write_converted(sp4asc_weights / "cnn6_small_dropout_2_specAugment_128_2_32_2.pth", ckpt)

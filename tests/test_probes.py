@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sp4sc.audio import load_audio, write_wav
+from sp4sc.frontend.audio import load_audio, write_wav
 from sp4sc.errors import Sp4scError
 from sp4sc.probes.cache import EmbeddingCache, EmbeddingKey
 from sp4sc.probes.extract import embed_clips

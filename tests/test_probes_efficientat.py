@@ -40,7 +40,7 @@ def reference(weights_dir):
 
 @pytest.fixture(scope="module")
 def ref_wavs(weights_dir, reference):
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
 
     # The files hold 160,032 samples (5.001 s); the reference was computed on the first
     # 160,000 (its log-mels have 500 frames = 1 + 159,999 // 320), so crop to 5 s.
@@ -160,7 +160,7 @@ def test_too_short_window_refused(mn04_random):
 @pytest.fixture(scope="module")
 def wav10(tmp_path_factory):
     """A 10 s and a 2.5 s noise file at 44.1 kHz (resampled to 32 kHz by the command)."""
-    from sp4sc.audio import write_wav
+    from sp4sc.frontend.audio import write_wav
 
     folder = tmp_path_factory.mktemp("embed")
     rng = np.random.default_rng(0)

@@ -58,7 +58,7 @@ def test_passt_random_init_embedding(passt):
 
 
 def test_passt_checkpoint_layout_and_wrong_keys(passt, tmp_path):
-    from sp4sc.checkpoint import check_state_dict
+    from sp4sc.models.checkpoint import check_state_dict
 
     # the released layout: PaSST's own state dict, optionally under "model" with a "net." prefix
     own = passt.model.net.state_dict()
@@ -138,7 +138,7 @@ def test_passt_random_init_sweep_two_clips(passt, tmp_path):
     assert saved["encoder_params"] > 80_000_000
     assert "RANDOM-INIT" in open(paths["table"]).read()
     # an embedded (cached) window equals PaSST applied to that slice of the resampled clip
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
     from sp4sc.probes.cache import EmbeddingCache, EmbeddingKey
 
     cache = EmbeddingCache(tmp_path / "cache", EmbeddingKey("passt", passt.identity, 1.0, 1.0, 32000), 768)

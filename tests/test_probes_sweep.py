@@ -84,9 +84,9 @@ def test_sweep_end_to_end_fake_encoder(toy_root, tmp_path, capsys):
 def _sp4sc_model_file(path):
     import torch
 
-    from sp4sc.checkpoint import model_spec, save_model
+    from sp4sc.models.checkpoint import model_spec, save_model
     from sp4sc.constants import SCENES
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import pytest
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
 from sp4sc.metrics import dcase_results
-from sp4sc.report import (
+from sp4sc.training.report import (
     confusion_png_bytes,
     metrics_md_text,
     write_confusion_png,
@@ -82,7 +82,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     _, cm = _results()
     path = write_confusion_png(cm, SCENES, tmp_path / "confusion.png")
     before = path.read_bytes()
-    import sp4sc.report as report
+    import sp4sc.training.report as report
 
     def boom(*a, **k):
         raise RuntimeError("drawing failed")

@@ -79,9 +79,9 @@ def toy_root(base) -> Path:
 def _save_tiny_model(path: Path, name: str = MODEL, seed: int = 0) -> Path:
     import torch
 
-    from sp4sc.checkpoint import model_spec, save_model
+    from sp4sc.models.checkpoint import model_spec, save_model
     from sp4sc.constants import SCENES
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model
 
     torch.manual_seed(seed)
@@ -107,8 +107,8 @@ def other_model_file(base) -> Path:
 
 @pytest.fixture(scope="session")
 def export_dir(base, model_file) -> Path:
-    from sp4sc.checkpoint import load_model
-    from sp4sc.onnx_export import export_onnx
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.onnx_export import export_onnx
 
     out = base / "export"
     export_onnx(load_model(model_file), out)
@@ -117,8 +117,8 @@ def export_dir(base, model_file) -> Path:
 
 @pytest.fixture(scope="session")
 def other_export_dir(base, other_model_file) -> Path:
-    from sp4sc.checkpoint import load_model
-    from sp4sc.onnx_export import export_onnx
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.onnx_export import export_onnx
 
     out = base / "export_other"
     export_onnx(load_model(other_model_file), out)
@@ -540,9 +540,9 @@ def make_bad_ckpt(ctx: Ctx, kind: str) -> tuple[Path, list[str], Callable[[Resul
     """A bad checkpoint of ``kind``; (path, names the error must give, extra check)."""
     import torch
 
-    from sp4sc.checkpoint import model_spec
+    from sp4sc.models.checkpoint import model_spec
     from sp4sc.constants import SCENES
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model
 
     d = ctx.tmp / "ckpts"
@@ -850,7 +850,7 @@ bad("complexity", "args", "duration-zero", lambda ctx: Call(
 @pytest.fixture(scope="session")
 def package(base, model_file, toy_root) -> Path:
     """A valid submission package (written by the real command)."""
-    from sp4sc.submission import make_submission
+    from sp4sc.challenge.submission import make_submission
 
     res = make_submission(model_file, toy_root, LABEL, out=base / "subs")
     return res.path
@@ -928,7 +928,7 @@ def _cache_paths(toy: Path) -> list[str]:
 def reference_cache(base, toy_root):
     """An uninterrupted cache of every toy clip at the demo front end (1 s)."""
     from sp4sc.data.cache import build_cache
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
 
     return build_cache(toy_root, _cache_paths(toy_root), frontend_preset(FRONTEND, duration=DURATION),
                        base / "ref_cache", workers=0, progress=False, chunk_size=8)
@@ -940,7 +940,7 @@ def _cache_kill_api(ctx: Ctx) -> None:
     cache_dir = ctx.tmp / "cache"
     code = (
         "import sys; from sp4sc import log; log.setup(); from sp4sc.data.cache import build_cache; "
-        "from sp4sc.features import frontend_preset; "
+        "from sp4sc.frontend.features import frontend_preset; "
         "from sp4sc.data.index import load_index; "
         f"toy={str(toy)!r}; paths=[c.path for c in load_index('tau2020', toy).all_clips()]; "
         f"build_cache(toy, paths, frontend_preset({FRONTEND!r}, duration={DURATION}), {str(cache_dir)!r}, "
@@ -997,7 +997,7 @@ row("cache", "fault", "sigkill-before-manifest", _cache_kill_cmd("manifest"))
 
 
 def _backbone_state(path: Path) -> dict:
-    from sp4sc.checkpoint import read_checkpoint
+    from sp4sc.models.checkpoint import read_checkpoint
 
     sd = read_checkpoint(path)["state_dict"]
     return {k: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -1020,7 +1020,7 @@ def _fit_kill(ctx: Ctx) -> None:
     with the weights of an uninterrupted run."""
     import torch
 
-    from sp4sc.checkpoint import load_model, read_checkpoint
+    from sp4sc.models.checkpoint import load_model, read_checkpoint
 
     toy = ctx.fx("toy_root")
     ref = ctx.fx("reference_fit")
@@ -1062,7 +1062,7 @@ def _fit_kill_at_checkpoint(ctx: Ctx) -> None:
     and a --ckpt_path last rerun (nothing to resume: it starts over) ends with the uninterrupted weights."""
     import torch
 
-    from sp4sc.checkpoint import read_checkpoint
+    from sp4sc.models.checkpoint import read_checkpoint
 
     toy = ctx.fx("toy_root")
     ref = ctx.fx("reference_fit")
@@ -1207,7 +1207,7 @@ BIG_DURATION = 30.0  # every 1 s toy clip is padded to 30 s: a cache many times 
 def big_cache(base, toy_root):
     """A 14 MB cache (60 clips x 1876 frames x 64 mels, float16), built by the DataModule's code path."""
     from sp4sc.data.cache import build_cache
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
 
     import logging
 
@@ -1267,7 +1267,7 @@ def _build_capped(ctx: Ctx) -> None:
     under RLIMIT_DATA = now + 19 MB; clips sharing a file must get identical rows.
     """
     from sp4sc.data.cache import FeatureCache
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
 
     toy = ctx.fx("toy_root")
     files = sorted((toy / "audio").iterdir())

@@ -1,7 +1,7 @@
 """`sp4sc submit` end to end on the toy dataset with a tiny real model.
 
 The model is a registered SP4SC variant at the demo front end (64 mels, 16 kHz),
-saved with sp4sc.checkpoint.save_model; the evaluation and development folders
+saved with sp4sc.models.checkpoint.save_model; the evaluation and development folders
 are the toy dataset (TAU layout), so the whole pipeline runs: index, audio,
 log-mel, fold, complexity, fp16 weights, ONNX export, writer, validator.
 """
@@ -18,15 +18,15 @@ import yaml
 from sp4sc.cli import main
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
-from sp4sc.validate import validate_submission
+from sp4sc.challenge.validate import validate_submission
 
 LABEL = "Doe_ACME_task1a_1"
 
 
 def tiny_model_file(path: Path, name: str = "sp4sc_w32", seed: int = 0) -> Path:
     """A small real model (random weights, non-trivial BatchNorm statistics) saved as a model file."""
-    from sp4sc.checkpoint import model_spec, save_model
-    from sp4sc.features import frontend_preset
+    from sp4sc.models.checkpoint import model_spec, save_model
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model
 
     torch.manual_seed(seed)
@@ -76,7 +76,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    from sp4sc.submission import REPO_TEMPLATE
+    from sp4sc.challenge.submission import REPO_TEMPLATE
 
     t = yaml.safe_load(REPO_TEMPLATE.read_text())
     a = t["submission"]["authors"][0]
@@ -114,9 +114,9 @@ def test_generated_package_passes_validator(package, toy):
 
 
 def test_output_rows_are_the_eval_files_with_exact_probabilities(package, toy, ckpt):
-    from sp4sc.checkpoint import load_model
+    from sp4sc.models.checkpoint import load_model
     from sp4sc.data.index import load_index
-    from sp4sc.submission import normalise_probs, predict
+    from sp4sc.challenge.submission import normalise_probs, predict
 
     header, rows = _rows(package)
     clips = load_index("tau2021eval", toy).split("test")
@@ -135,9 +135,9 @@ def test_output_rows_are_the_eval_files_with_exact_probabilities(package, toy, c
 
 
 def test_meta_has_dcase_structure_complexity_and_dev_results(package, toy, ckpt):
-    from sp4sc.checkpoint import load_model
-    from sp4sc.complexity import complexity_report
-    from sp4sc.fold import fold_batchnorm
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.complexity import complexity_report
+    from sp4sc.models.fold import fold_batchnorm
 
     meta = yaml.safe_load((package / f"{LABEL}.meta.yaml").read_text())
     assert meta["submission"]["label"] == LABEL and meta["submission"]["authors"][0]["lastname"] == "Doe"
@@ -161,9 +161,9 @@ def test_meta_has_dcase_structure_complexity_and_dev_results(package, toy, ckpt)
 
 def deployed_model(ckpt):
     """The model make_submission predicts with: folded, weights rounded to float16."""
-    from sp4sc.checkpoint import LoadedModel, load_model
-    from sp4sc.fold import fold_batchnorm
-    from sp4sc.submission import quantise_weights
+    from sp4sc.models.checkpoint import LoadedModel, load_model
+    from sp4sc.models.fold import fold_batchnorm
+    from sp4sc.challenge.submission import quantise_weights
 
     loaded = load_model(ckpt)
     return LoadedModel(quantise_weights(fold_batchnorm(loaded.model), "fp16"), loaded.name, loaded.model_kwargs,
@@ -174,7 +174,7 @@ def test_dev_results_match_metrics_on_the_evaluate_split(package, toy, ckpt):
     from sklearn.metrics import log_loss  # an independent implementation of the DCASE log loss
 
     from sp4sc.data.index import load_index
-    from sp4sc.submission import normalise_probs, predict
+    from sp4sc.challenge.submission import normalise_probs, predict
 
     def macro_accuracy(y, p):
         return float(np.mean([(p[y == k].argmax(1) == k).mean() for k in np.unique(y)]))
@@ -209,7 +209,7 @@ def test_refuses_to_overwrite_without_force(package, toy, ckpt, template, capsys
 
 
 def test_force_replaces_and_failure_keeps_old_package(tmp_path, small_eval, ckpt, template, monkeypatch):
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     out = tmp_path / "subs"
     kw = dict(out=out, template=template, export=False)
@@ -232,7 +232,7 @@ def test_force_replaces_and_failure_keeps_old_package(tmp_path, small_eval, ckpt
 
 
 def test_failure_half_way_leaves_nothing(tmp_path, small_eval, ckpt, template, monkeypatch):
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     out = tmp_path / "subs"
     seen = []
@@ -249,7 +249,7 @@ def test_failure_half_way_leaves_nothing(tmp_path, small_eval, ckpt, template, m
 
 
 def test_invalid_package_is_not_kept(tmp_path, small_eval, ckpt, template, monkeypatch):
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     real = submission.output_csv_text
     monkeypatch.setattr(submission, "output_csv_text", lambda names, p: real(names, p).replace("airport", "airports", 1))
@@ -261,7 +261,7 @@ def test_invalid_package_is_not_kept(tmp_path, small_eval, ckpt, template, monke
 
 @pytest.mark.slow
 def test_over_budget_refused_unless_no_budget(tmp_path, small_eval, template, capsys, monkeypatch):
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     exported = []
     monkeypatch.setattr(submission, "_export", lambda loaded, pkg, **k: exported.append(k))  # export's own tests cover it
@@ -302,7 +302,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, small_eval, ckpt, capsys):
 
 
 def test_unedited_template_is_warned_about(tmp_path, small_eval, ckpt):
-    from sp4sc.submission import REPO_TEMPLATE, make_submission
+    from sp4sc.challenge.submission import REPO_TEMPLATE, make_submission
 
     res = make_submission(ckpt, small_eval, LABEL, out=tmp_path, template=REPO_TEMPLATE, export=False)
     assert any("lastname" in w for w in res.warnings)
@@ -311,7 +311,7 @@ def test_unedited_template_is_warned_about(tmp_path, small_eval, ckpt):
 
 def test_demo_step_writes_a_valid_toy_package(tmp_path, toy, ckpt, monkeypatch):
     import sp4sc.commands.demo_steps as demo_steps
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     monkeypatch.setattr(submission, "_export", lambda *a, **k: None)  # ONNX export is covered above
     lines = []
@@ -327,7 +327,7 @@ def test_demo_meta_data_augmentation_comes_from_the_recipe(tmp_path, toy, ckpt, 
     import yaml
 
     import sp4sc.commands.demo_steps as demo_steps
-    import sp4sc.submission as submission
+    import sp4sc.challenge.submission as submission
 
     text = demo_steps.data_augmentation_text
     demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").read_text())["model"]
@@ -341,7 +341,7 @@ def test_demo_meta_data_augmentation_comes_from_the_recipe(tmp_path, toy, ckpt, 
 
 
 def test_meta_declares_a_distillation_teacher():
-    from sp4sc.submission import build_meta
+    from sp4sc.challenge.submission import build_meta
 
     prov = {"distillation": {"kd_lambda": 0.9, "teacher": {"encoder": "efficientat_mn04", "dt": 5.0}}}
     meta = build_meta({"system": {"description": {}}}, label="Doe_X_task1a_1", complexity={}, sample_rate=44100,

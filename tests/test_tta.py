@@ -1,6 +1,6 @@
 """Test-time augmentation in `sp4sc submit --tta N`: seeded, so a rerun writes the same file.
 
-Runs the real pipeline (toy dataset, tiny SP4SC model file, sp4sc.infer's
+Runs the real pipeline (toy dataset, tiny SP4SC model file, sp4sc.deploy.infer's
 SpecAugment TTA) without the ONNX export, which TTA does not touch.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sp4sc.constants import SCENES
-from sp4sc.submission import make_submission
+from sp4sc.challenge.submission import make_submission
 
 LABEL = "Doe_ACME_task1a_3"
 
@@ -78,7 +78,7 @@ def test_tta_zero_is_deterministic_plain_inference(submit, toy, ckpt):
     from test_submission import deployed_model
 
     from sp4sc.data.index import load_index
-    from sp4sc.submission import normalise_probs, predict
+    from sp4sc.challenge.submission import normalise_probs, predict
 
     a = submit(0, 1)
     b = submit(0, 2)  # the seed is unused without TTA

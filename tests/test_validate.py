@@ -1,6 +1,6 @@
 """The submission validator: a valid package passes; one test per rule shows its violation is caught.
 
-The packages here are written with sp4sc.submission's own writers from random
+The packages here are written with sp4sc.challenge.submission's own writers from random
 probabilities (no model needed); tests/test_submission.py checks packages that
 `sp4sc submit` writes from a real model on the toy dataset.
 """
@@ -17,8 +17,8 @@ import yaml
 
 from sp4sc.cli import main
 from sp4sc.constants import SCENES
-from sp4sc.submission import REPO_TEMPLATE, build_meta, load_template, meta_yaml_text, write_output_csv
-from sp4sc.validate import HEADER, label_problems, validate_submission
+from sp4sc.challenge.submission import REPO_TEMPLATE, build_meta, load_template, meta_yaml_text, write_output_csv
+from sp4sc.challenge.validate import HEADER, label_problems, validate_submission
 
 LABEL = "Doe_ACME_task1a_1"
 N = 6
@@ -38,7 +38,7 @@ def write_package(root: Path, label: str = LABEL, n: int = N, seed: int = 0) -> 
     pkg.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     write_output_csv(pkg / f"{label}.output.csv", [f"{i}.wav" for i in range(n)], rng.random((n, 10)))
-    from sp4sc.submission import results_block
+    from sp4sc.challenge.submission import results_block
 
     y = rng.integers(0, 10, 40)
     devs = [["a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"][i % 9] for i in range(40)]
@@ -403,7 +403,7 @@ def test_official_mode_still_rejects_the_official_rules(pkg, case):
 
 
 def test_without_an_eval_root_the_evaluation_sets_7920_files_are_expected(tmp_path):
-    from sp4sc.validate import EVAL_ROWS
+    from sp4sc.challenge.validate import EVAL_ROWS
 
     full = write_package(tmp_path / "full", n=EVAL_ROWS)
     assert validate_submission(full).ok and validate_submission(full, official=True).ok
@@ -429,8 +429,8 @@ def test_eval_root_count_is_official_the_exact_list_stricter(tmp_path):
 def test_every_rule_in_the_source_is_classified():
     import ast
 
-    from sp4sc import validate
-    from sp4sc.validate import BOTH, OFFICIAL, RULES, STRICTER
+    from sp4sc.challenge import validate
+    from sp4sc.challenge.validate import BOTH, OFFICIAL, RULES, STRICTER
 
     used = set()
     for node in ast.walk(ast.parse(Path(validate.__file__).read_text())):

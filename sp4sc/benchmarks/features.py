@@ -55,10 +55,10 @@ def measure(n_clips: int = 128, frontend: str = "sp4asc", workers: int | None = 
     """Time cache building on ``n_clips`` synthetic 10 s clips; returns the figures."""
     import torch
 
-    from sp4sc.audio import load_audio
-    from sp4sc.benchmarks.machine import describe, line
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.machine import describe, line
     from sp4sc.data.cache import build_cache
-    from sp4sc.features import LogMel, frontend_preset
+    from sp4sc.frontend.features import LogMel, frontend_preset
 
     if n_clips < 1:
         from sp4sc.errors import Sp4scError

@@ -7,7 +7,7 @@ threads (default: the cores this process may use). Rows:
 - model only (log-mel in, probabilities out) and end to end (waveform in);
 - batch 1 and 16 (figures are per clip: the call's time divided by the batch);
 - PyTorch eager: the model as trained (unfolded) and as deployed (folded, merged
-  blocks: :func:`sp4sc.fold.inference_model`), front end :class:`sp4sc.features.LogMel`;
+  blocks: :func:`sp4sc.models.fold.inference_model`), front end :class:`sp4sc.frontend.features.LogMel`;
 - ONNX Runtime fp32, fp16 and int8 (the graphs ``sp4sc export`` writes), end to
   end with the edge runner's numpy front end (``export/edge_frontend.py``) and
   with the waveform-in graph (front end inside ONNX).
@@ -84,12 +84,12 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     import onnxruntime as ort
     import torch
 
-    from sp4sc.benchmarks.machine import describe, line
-    from sp4sc.features import LogMel, frontend_preset
-    from sp4sc.fold import deploy_model, fold_batchnorm, inference_model
+    from sp4sc.machine import describe, line
+    from sp4sc.frontend.features import LogMel, frontend_preset
+    from sp4sc.models.fold import deploy_model, fold_batchnorm, inference_model
     from sp4sc.models import create_model
-    from sp4sc.onnx_graph import quantize_int8, to_onnx, waveform_model
-    from sp4sc.onnx_parity import ort_session
+    from sp4sc.deploy.onnx_graph import quantize_int8, to_onnx, waveform_model
+    from sp4sc.deploy.onnx_parity import ort_session
 
     threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
@@ -206,10 +206,10 @@ def variant_agreement(ckpt: str, files: list[str], batch_size: int = 16) -> dict
 
     import torch
 
-    from sp4sc.audio import load_audio
-    from sp4sc.checkpoint import load_model
-    from sp4sc.features import LogMel
-    from sp4sc.onnx_export import FILES, export_onnx, ort_session
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.frontend.features import LogMel
+    from sp4sc.deploy.onnx_export import FILES, export_onnx, ort_session
 
     loaded = load_model(ckpt)
     cfg = loaded.frontend
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(res, indent=2))
         else:
-            from sp4sc.benchmarks.machine import line
+            from sp4sc.machine import line
 
             print(f"{res['checkpoint']}: exported variants vs the torch model on {res['files']} files "
                   f"(mean top probability {res['mean_top_prob']:.3f})")

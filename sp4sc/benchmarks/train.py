@@ -155,7 +155,7 @@ def prepare(case: Case, device, batch: int):
     x = torch.randn(batch, 1, case.frames, case.mels, device=device) * 10 - 40  # dB-like values
     y = torch.randint(0, 10, (batch,), device=device)
     elements = activation_elements(model, x) // batch
-    from sp4sc.complexity import macs_thop
+    from sp4sc.deploy.complexity import macs_thop
 
     macs = macs_thop(model, (1, 1, case.frames, case.mels))  # forward multiply-adds per clip
     bf16 = gpu or (case.path == "cpu" and cpu.has_native_bf16())
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sp4sc import cpu
-    from sp4sc.benchmarks.machine import describe, line
+    from sp4sc.machine import describe, line
     from sp4sc.errors import Sp4scError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -92,7 +92,7 @@ def model_from_config(path: str | Path):
     Accepts the flat layout and LightningCLI's ``class_path``/``init_args`` nesting; follows
     the ``# bases:`` line; later files override earlier ones, section by section.
     """
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model, model_entry
 
     path = Path(path)
@@ -119,10 +119,10 @@ def model_from_config(path: str | Path):
 
 
 def _resolve(args: argparse.Namespace):
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
 
     if args.ckpt:
-        from sp4sc.checkpoint import load_model
+        from sp4sc.models.checkpoint import load_model
 
         loaded = load_model(args.ckpt)
         return loaded.model, loaded.frontend
@@ -135,7 +135,7 @@ def _resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sp4sc.complexity import check_budget, complexity_report, format_report
+    from sp4sc.deploy.complexity import check_budget, complexity_report, format_report
 
     if args.frontend and not args.model:
         raise Sp4scError("--frontend: only with --model (a checkpoint or recipe names its own front end)")

@@ -1,7 +1,7 @@
 """``sp4sc convert-sp4asc IN.pth OUT``: official SP4ASC checkpoint -> sp4sc model file.
 
 The output is read by ``sp4sc infer``, ``export``, ``submit`` and ``complexity --ckpt``
-(front end ``sp4asc``, the 10 DCASE scenes). See :mod:`sp4sc.sp4asc_import`.
+(front end ``sp4asc``, the 10 DCASE scenes). See :mod:`sp4sc.deploy.sp4asc_import`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sp4sc.sp4asc_import import write_converted
+    from sp4sc.deploy.sp4asc_import import write_converted
 
     summary = write_converted(args.input, args.output, overwrite=args.force)
     if args.json:

@@ -32,7 +32,7 @@ from sp4sc.errors import Sp4scError
 
 ESC_FOLDS = (1, 2, 3, 4, 5)
 RESULT = "result.json"
-WALL = "wall.json"  # written by sp4sc.progress.WallClock
+WALL = "wall.json"  # written by sp4sc.training.progress.WallClock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +92,7 @@ def run_fold(args: argparse.Namespace, rest: list[str], fold: int, out: Path) ->
     last = fold_dir / CHECKPOINT_SUBDIR / "last.ckpt"
     resumed = last.is_file()
     logger.info("fold %d: %s in %s", fold, f"resuming from {last}" if resumed else "training", fold_dir)
-    fit_args = fold_args + (["--trainer.callbacks+=sp4sc.progress.WallClock"]
+    fit_args = fold_args + (["--trainer.callbacks+=sp4sc.training.progress.WallClock"]
                             + (["--ckpt_path", "last"] if resumed else []))
     _make_cli(expand_configs(fit_args), "fit")
     wall_path = fold_dir / WALL
@@ -138,7 +138,7 @@ def summarise(results: list[dict[str, Any]], recipe: str, command: str,
     ``planned``: every fold the run will do; while some are still to come the summary says
     ``"complete": false`` and lists them in ``"folds_to_do"``.
     """
-    from sp4sc.benchmarks.machine import line
+    from sp4sc.machine import line
 
     done = [r["fold"] for r in results]
     to_do = [f for f in (planned or done) if f not in done]
@@ -280,7 +280,7 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
     write_text(out / "cv.md", markdown(summary))
     plot(summary, out / "cv.png")
     if summary.get("confusion"):
-        from sp4sc.report import write_confusion_png, write_metrics_md
+        from sp4sc.training.report import write_confusion_png, write_metrics_md
 
         title = f"{Path(recipe).stem}: {len(results)} folds summed"
         write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png", title=title)

@@ -6,7 +6,7 @@ feature cache, train ``recipes/demo.yaml`` (SP4SC on 2 s clips with the small
 and print a summary table (accuracy, log loss, per-device accuracy,
 parameters, time per step). Output goes to ``--out`` (default ``runs/demo``):
 ``checkpoints/{best,last}.ckpt``, ``model.pt`` (an sp4sc model file),
-``confusion.png`` and ``metrics.md`` (the test split, :mod:`sp4sc.report`),
+``confusion.png`` and ``metrics.md`` (the test split, :mod:`sp4sc.training.report`),
 ``lightning_logs/`` (TensorBoard), ``export/`` (ONNX), ``submissions/`` and
 ``summary.json``. The steps after training live in :mod:`sp4sc.commands.demo_steps`.
 
@@ -35,11 +35,11 @@ key                 set by / meaning
 ``cli``             "data": the parsed LightningCLI (``cli.trainer``, ``cli.model``, ``cli.datamodule``)
 ``datamodule``      "data": the :class:`sp4sc.data.datamodule.SceneDataModule`
 ``toy_root``        "data": Path of the toy dataset (TAU2020 layout; fold1_test = evaluation list)
-``frontend``        "data": the :class:`sp4sc.features.FrontEndConfig`
+``frontend``        "data": the :class:`sp4sc.frontend.features.FrontEndConfig`
 ``cache``           "cache": the :class:`sp4sc.data.cache.FeatureCache`
-``model``           "train": the trained :class:`sp4sc.lit.SceneClassifier`
+``model``           "train": the trained :class:`sp4sc.training.lit.SceneClassifier`
 ``best_ckpt``       "train": Path of the best Lightning checkpoint (lowest val log loss)
-``model_file``      "evaluate": Path of ``model.pt`` (:func:`sp4sc.checkpoint.save_model`),
+``model_file``      "evaluate": Path of ``model.pt`` (:func:`sp4sc.models.checkpoint.save_model`),
                     what ``export``/``infer``/``submit`` take (``load_model`` reads both)
 ``results``         "evaluate": DCASE results dict (:func:`sp4sc.metrics.dcase_results` layout)
 ``params``          "evaluate": parameter count of the trained (unfolded) backbone
@@ -141,7 +141,7 @@ def step_train(ctx: dict) -> None:
 
 def step_evaluate(ctx: dict) -> None:
     """Test the best checkpoint on the toy evaluation split; write model.pt."""
-    from sp4sc.checkpoint import save_model
+    from sp4sc.models.checkpoint import save_model
 
     cli, model = ctx["cli"], ctx["model"]
     cli.trainer.test(model, datamodule=ctx["datamodule"], ckpt_path=str(ctx["best_ckpt"]), verbose=False)
@@ -158,7 +158,7 @@ def step_evaluate(ctx: dict) -> None:
         ctx["summary"].append((f"accuracy, device {dev}", f"{100 * r['accuracy']:.1f} %"))
     ctx["summary"].append(("parameters (unfolded)", f"{ctx['params']:,}"))
     ctx["echo"](f"model file: {ctx['model_file']}")
-    from sp4sc.report import write_eval_report
+    from sp4sc.training.report import write_eval_report
 
     md, png = write_eval_report(results, model.classes, ctx["out"], title="sp4sc demo: toy evaluation split")
     ctx["figures"] = [p for p in (png, md) if p is not None]
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                            "seed": args.seed, "summary": [], "times": {}}
     run_steps(ctx, [s for s in STEPS if s[0] not in skip])
     console.print(summary_table(ctx))
-    from sp4sc.benchmarks.machine import line
+    from sp4sc.machine import line
     from sp4sc.fileio import write_json
 
     console.print(line())

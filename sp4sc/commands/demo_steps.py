@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.onnx_graph import FILES
+from sp4sc.deploy.onnx_graph import FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_LABEL = "Demo_SP4SC_task1a_1"
@@ -26,8 +26,8 @@ DEMO_LABEL = "Demo_SP4SC_task1a_1"
 
 def step_fold(ctx: dict) -> None:
     """Fold BatchNorm of the trained model; check folded == unfolded on toy log-mels."""
-    from sp4sc.checkpoint import load_model
-    from sp4sc.fold import fold_batchnorm
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.models.fold import fold_batchnorm
 
     loaded = load_model(ctx["model_file"])
     folded = fold_batchnorm(loaded.model)
@@ -46,8 +46,8 @@ def step_fold(ctx: dict) -> None:
 
 def step_budget(ctx: dict) -> None:
     """Count parameters, bytes and MACs of the folded model; check the DCASE 2021 budget."""
-    from sp4sc.checkpoint import load_model
-    from sp4sc.complexity import check_budget, complexity_report, format_report
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.complexity import check_budget, complexity_report, format_report
 
     loaded = ctx.get("loaded") or load_model(ctx["model_file"])
     report = complexity_report(loaded.model, loaded.frontend)
@@ -65,8 +65,8 @@ def step_budget(ctx: dict) -> None:
 
 def step_export(ctx: dict) -> None:
     """Export to ONNX (fp32 + fp16) with the parity check, into <out>/export."""
-    from sp4sc.checkpoint import load_model
-    from sp4sc.onnx_export import export_onnx
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.onnx_export import export_onnx
 
     loaded = ctx.get("loaded") or load_model(ctx["model_file"])
     out = Path(ctx["out"]) / "export"
@@ -97,7 +97,7 @@ def step_edge(ctx: dict) -> None:
     import subprocess
     import sys
 
-    from sp4sc.infer import predict_files
+    from sp4sc.deploy.infer import predict_files
 
     out = ctx.get("export_dir")
     script = REPO_ROOT / "export" / "edge_infer.py"
@@ -127,7 +127,7 @@ def data_augmentation_text(hparams: dict[str, Any]) -> str | None:
     """The meta file's ``data_augmentation`` for a recipe's model settings (None when it uses none).
 
     SpecAugment when ``spec_augment`` is set, mixup when ``mixup_alpha`` > 0: what
-    :class:`sp4sc.lit.SceneClassifier` applies during training.
+    :class:`sp4sc.training.lit.SceneClassifier` applies during training.
     """
     used = []
     if hparams.get("spec_augment"):
@@ -139,7 +139,7 @@ def data_augmentation_text(hparams: dict[str, Any]) -> str | None:
 
 def demo_template(data_augmentation: str | None) -> dict:
     """The repository's meta template with the demo's author, and the recipe's augmentation."""
-    from sp4sc.submission import REPO_TEMPLATE, load_template
+    from sp4sc.challenge.submission import REPO_TEMPLATE, load_template
 
     tmpl = load_template(REPO_TEMPLATE)
     sub = tmpl.setdefault("submission", {})
@@ -156,7 +156,7 @@ def demo_template(data_augmentation: str | None) -> dict:
 
 def write_demo_submission(ckpt, toy_root, out, *, data_augmentation: str | None = None,
                           tta: int = 0, seed: int = 0, echo=print):
-    """Write and validate a package for the toy evaluation split; returns the :class:`~sp4sc.submission.SubmitResult`.
+    """Write and validate a package for the toy evaluation split; returns the :class:`~sp4sc.challenge.submission.SubmitResult`.
 
     The toy dataset has the TAU layout, so its ``fold1_test.csv`` is the
     evaluation list and its ``fold1_evaluate.csv`` the development split.
@@ -171,8 +171,8 @@ def write_demo_submission(ckpt, toy_root, out, *, data_augmentation: str | None 
         seed: TTA seed.
         echo: where the summary lines go.
     """
-    from sp4sc.submission import make_submission
-    from sp4sc.validate import validate_submission
+    from sp4sc.challenge.submission import make_submission
+    from sp4sc.challenge.validate import validate_submission
 
     res = make_submission(ckpt, toy_root, DEMO_LABEL, dev_root=toy_root, out=out, tta=tta, seed=seed,
                           force=True, template=demo_template(data_augmentation), no_budget=False)
@@ -201,7 +201,7 @@ def step_submit(ctx: dict) -> None:
 
 
 def _load(ctx: dict):
-    from sp4sc.checkpoint import load_model
+    from sp4sc.models.checkpoint import load_model
 
     ctx["loaded"] = load_model(ctx["model_file"])
     return ctx["loaded"]
@@ -218,8 +218,8 @@ def _demo_clips(ctx: dict, n: int) -> list[str]:
 
 def _demo_features(ctx: dict, loaded, n: int) -> np.ndarray:
     """Log-mels ``(n, 1, frames, mels)`` of the first toy evaluation clips."""
-    from sp4sc.audio import load_audio
-    from sp4sc.features import LogMel
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.frontend.features import LogMel
 
     cfg = loaded.frontend
     wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in _demo_clips(ctx, n)])

@@ -1,6 +1,6 @@
 """``sp4sc export --ckpt C --out DIR``: fold, check the budget, export ONNX, check parity.
 
-See :mod:`sp4sc.onnx_export` for what is written and checked.
+See :mod:`sp4sc.deploy.onnx_export` for what is written and checked.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sp4sc.checkpoint import load_model
-    from sp4sc.onnx_export import export_onnx
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.onnx_export import export_onnx
 
     loaded = load_model(args.ckpt)
     report = export_onnx(
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(report: dict) -> str:
     """A short human summary of an export report."""
-    from sp4sc.complexity import format_report
+    from sp4sc.deploy.complexity import format_report
 
     c = report["complexity"]
     lines = [f"exported {c.get('model')} to {report['out']} (fingerprint {report['fingerprint']})"]

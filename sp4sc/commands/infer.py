@@ -37,8 +37,8 @@ def add_clip_length_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sp4sc.checkpoint import load_model
-    from sp4sc.infer import format_table, predict_files, result_json
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.deploy.infer import format_table, predict_files, result_json
 
     loaded = load_model(args.ckpt)
     probs = predict_files(loaded, args.files, tta=args.tta, seed=args.seed, batch_size=args.batch_size,

@@ -18,7 +18,7 @@ What this wrapper adds to plain LightningCLI:
   ``version_N`` folder per run), so ``--ckpt_path last`` finds the last one;
 - ``config.yaml`` is overwritten on reruns instead of failing;
 - when stdout is not a terminal (a log file, a pipe), the progress bar is
-  replaced by one plain line per epoch (:mod:`sp4sc.progress`);
+  replaced by one plain line per epoch (:mod:`sp4sc.training.progress`);
 - a usage error (unknown key, wrong type, missing data root) is one line naming
   the key, exit code 2, no traceback.
 """
@@ -122,7 +122,7 @@ def _cli_class():
             for cb in trainer.callbacks:
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                     cb.dirpath = str(root / CHECKPOINT_SUBDIR)
-            from sp4sc.progress import use_line_progress
+            from sp4sc.training.progress import use_line_progress
 
             use_line_progress(trainer)  # stdout not a terminal: one plain line per epoch instead of a bar
             return trainer
@@ -190,7 +190,7 @@ def _make_cli(args: list[str], command: str | None):
     from jsonargparse import ArgumentError
 
     from sp4sc.data.datamodule import SceneDataModule
-    from sp4sc.lit import SceneClassifier
+    from sp4sc.training.lit import SceneClassifier
 
     cli_cls = _cli_class()
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
@@ -230,10 +230,10 @@ def write_figures(cli, stage: str) -> list[Path]:
     """``confusion.png`` and ``metrics.md`` of the ``stage`` just run, into the run folder (rank 0 only).
 
     The run folder is ``trainer.default_root_dir`` (where ``checkpoints/`` goes); the
-    files are those of :mod:`sp4sc.report`, and their paths are said on stderr.
+    files are those of :mod:`sp4sc.training.report`, and their paths are said on stderr.
     """
     from sp4sc.log import logger
-    from sp4sc.report import write_eval_report
+    from sp4sc.training.report import write_eval_report
 
     model, trainer = getattr(cli, "model", None), getattr(cli, "trainer", None)
     report = (getattr(model, "reports", None) or {}).get(stage)

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sp4sc.errors import Sp4scError
-    from sp4sc.submission import make_submission
+    from sp4sc.challenge.submission import make_submission
 
     if args.batch_size < 1:
         raise Sp4scError(f"--batch-size {args.batch_size}: must be at least 1")

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sp4sc.errors import Sp4scError
-    from sp4sc.validate import EVAL_ROWS, SUM_TOL, validate_submission
+    from sp4sc.challenge.validate import EVAL_ROWS, SUM_TOL, validate_submission
 
     tol = SUM_TOL if args.sum_tol is None else args.sum_tol
     if not tol >= 0:

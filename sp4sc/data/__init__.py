@@ -2,4 +2,6 @@
 (:mod:`.cache`), the Lightning data module (:mod:`.datamodule`) and augmentations (:mod:`.augment`).
 
 Submodules are imported on use, so that ``import sp4sc.data.index`` does not pull in Lightning.
+
+May import: ``models``, ``frontend`` and the top-level utilities.
 """

@@ -50,7 +50,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sp4sc.errors import Sp4scError
-from sp4sc.features import FrontEndConfig
+from sp4sc.frontend.features import FrontEndConfig
 from sp4sc.fileio import _explain_oserror, write_json
 from sp4sc.log import logger
 
@@ -350,7 +350,7 @@ def _die_with_parent() -> None:
 def _worker_init(root: str, cfg: dict, in_worker: bool = True) -> None:
     import torch
 
-    from sp4sc.features import LogMel
+    from sp4sc.frontend.features import LogMel
 
     if in_worker:
         _die_with_parent()  # a killed build leaves no orphan workers behind
@@ -364,7 +364,7 @@ def _worker_features(path: str) -> np.ndarray:
     """Decode one clip and compute its float16 log-mel ``(frames, mels)`` (in a worker process)."""
     import torch
 
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
 
     cfg = _WORKER["cfg"]
     x = load_audio(_WORKER["root"] / path, cfg.sample_rate, cfg.duration)
@@ -416,8 +416,8 @@ def _compute_chunks(
             pool.shutdown(wait=True, cancel_futures=True)
         return
 
-    from sp4sc.audio import load_audio
-    from sp4sc.features import LogMel
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.frontend.features import LogMel
 
     logmel = LogMel(cfg).to(dev)
     threads = ThreadPoolExecutor(max(1, n_workers))

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from sp4sc.data.cache import FeatureCache, build_cache
 from sp4sc.data.index import Clip, DatasetIndex, load_index
 from sp4sc.errors import Sp4scError
-from sp4sc.features import FrontEndConfig, frontend_preset
+from sp4sc.frontend.features import FrontEndConfig, frontend_preset
 
 DATASETS = ("toy", "tau2020", "esc")
 
@@ -95,7 +95,7 @@ class SceneDataModule(pl.LightningDataModule):
         dataset: "toy", "tau2020" or "esc".
         root: dataset root (the folder with meta.csv, or with meta/ and audio/
             for esc); None only for toy (generated in the cache on first use).
-        frontend: front-end preset (``sp4sc.features.PRESETS``).
+        frontend: front-end preset (``sp4sc.frontend.features.PRESETS``).
         duration: clip length in seconds (overrides the preset's; for toy the
             default is the toy clip length).
         fold: tau2020/toy: 1 (the only official fold); esc: the validation fold.

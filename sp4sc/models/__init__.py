@@ -8,7 +8,9 @@ Every model maps log-mels ``(batch, 1, frames, mels)`` of any frame count to
 logits ``(batch, n_classes)`` and carries ``arch_name`` (its registry name) and
 ``arch_kwargs`` (a JSON-able dict) so that
 ``create_model(m.arch_name, **m.arch_kwargs)`` rebuilds it; each block has a
-``fuse()`` that folds its BatchNorm in place (see :func:`sp4sc.fold.fold_batchnorm`).
+``fuse()`` that folds its BatchNorm in place (see :func:`sp4sc.models.fold.fold_batchnorm`).
+
+May import: ``frontend`` (checkpoints record the front end) and the top-level utilities.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ModelEntry:
         name: registry name (family and size, e.g. ``sp4sc_w32``).
         factory: builds the model from keyword arguments.
         frontend: name of the front-end preset the model is meant for
-            (:data:`sp4sc.features.PRESETS`).
+            (:data:`sp4sc.frontend.features.PRESETS`).
         description: one line for listings.
     """
 

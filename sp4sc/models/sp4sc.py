@@ -139,7 +139,7 @@ class SP4SC(MelCNN):
         n_mels: mel bins of the input (256 for the ``sp4asc`` front end).
         dropout: dropout before each fully connected layer of the head (SP4ASC: 0.2).
         fast: training fast path (see the module docstring); no effect on parameters or state dict.
-        folded: build the folded structure directly (what :func:`sp4sc.fold.fold_batchnorm` returns).
+        folded: build the folded structure directly (what :func:`sp4sc.models.fold.fold_batchnorm` returns).
         arch_name: registry name recorded in :attr:`arch_name`.
 
     Input ``(batch, 1, frames, n_mels)`` log-mels, any ``frames >= 2**depth``; output logits ``(batch, n_classes)``.

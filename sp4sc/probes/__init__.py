@@ -10,6 +10,8 @@ audio -> windows of δt (:mod:`~sp4sc.probes.windows`) -> frozen encoder
 (:mod:`~sp4sc.probes.probe`) -> δt table, plot and cost (:mod:`~sp4sc.probes.sweep`).
 
 Submodules are imported on use: ``import sp4sc.probes`` stays light.
+
+May import: ``data``, ``models``, ``frontend`` and the top-level utilities.
 """
 
 # EfficientAT width names (fschmid56/EfficientAT helpers/utils.py NAME_TO_WIDTH); the encoder

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sp4sc.probes.cost import raw_throughput
-from sp4sc.probes.encoders import EncoderBundle
+from sp4sc.probes.bundle import EncoderBundle
 from sp4sc.probes.extract import embed_clips
 
 GOAL = 0.90
@@ -28,7 +28,7 @@ GOAL = 0.90
 
 def write_clips(folder: Path, n: int, seconds: float, sample_rate: int = 44100, seed: int = 0) -> list[str]:
     """Write ``n`` noise clips (24-bit wav) into ``folder``; return their names."""
-    from sp4sc.audio import write_wav
+    from sp4sc.frontend.audio import write_wav
 
     rng = np.random.default_rng(seed)
     names = []
@@ -56,7 +56,7 @@ def run_bench(
     The extractor reads ``clips`` clips cycling over ``distinct_files`` written
     files (so long runs need little disk; repeated files come from the page cache).
     """
-    from sp4sc.benchmarks.machine import line
+    from sp4sc.machine import line
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sp4sc-probe-bench-") as tmp:

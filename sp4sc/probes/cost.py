@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sp4sc.probes.encoders import EncoderBundle
+from sp4sc.probes.bundle import EncoderBundle
 from sp4sc.probes.windows import window_samples
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from sp4sc.errors import Sp4scError
-from sp4sc.probes.encoders import EncoderBundle, _unwrap_state
+from sp4sc.probes.bundle import EncoderBundle, _unwrap_state
 
 # Width multipliers of the published EfficientAT names (helpers/utils.py NAME_TO_WIDTH).
 WIDTHS: dict[str, float] = {

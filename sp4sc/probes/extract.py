@@ -1,6 +1,6 @@
 """Clip -> E: the window embeddings of each clip, through the embedding cache.
 
-Audio is read and resampled to the encoder's rate (``sp4sc.audio.load_audio``)
+Audio is read and resampled to the encoder's rate (``sp4sc.frontend.audio.load_audio``)
 and cut into windows (:mod:`sp4sc.probes.windows`) in DataLoader workers while
 the main process batches windows of several clips and runs the encoder; every
 ``chunk_clips`` finished clips are written to the cache, so a killed run
@@ -20,7 +20,7 @@ from sp4sc.errors import Sp4scError
 from sp4sc.log import logger
 from sp4sc.probes.cache import EmbeddingCache, EmbeddingKey, file_stamp
 from sp4sc.probes.cost import PeakMemory
-from sp4sc.probes.encoders import EncoderBundle
+from sp4sc.probes.bundle import EncoderBundle
 from sp4sc.probes.windows import cut_windows, window_samples
 
 
@@ -67,7 +67,7 @@ class _ClipWindows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from sp4sc.audio import load_audio
+        from sp4sc.frontend.audio import load_audio
 
         wave = load_audio(self.paths[i], self.sample_rate)
         return i, cut_windows(wave, self.win, self.hop), len(wave) / self.sample_rate

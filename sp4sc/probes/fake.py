@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sp4sc.probes.encoders import EncoderBundle
+from sp4sc.probes.bundle import EncoderBundle
 
 
 class _FakeNet(nn.Module):

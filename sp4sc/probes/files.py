@@ -1,6 +1,6 @@
 """Window embeddings (and AudioSet tags) of given audio files: what ``sp4sc probe embed`` computes.
 
-Each file is read at the encoder's rate (``sp4sc.audio.load_audio``: mono,
+Each file is read at the encoder's rate (``sp4sc.frontend.audio.load_audio``: mono,
 soxr resampling), cut into windows of δt with the study's rule
 (:mod:`sp4sc.probes.windows`: window ``i`` starts at ``i · hop``; a tail
 window is kept zero-padded when it holds at least half a window) and embedded
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.probes.encoders import EncoderBundle
+from sp4sc.probes.bundle import EncoderBundle
 from sp4sc.probes.windows import cut_windows, window_samples
 
 LABEL_FILES = ("audioset_class_labels_indices.csv", "class_labels_indices.csv")
@@ -101,7 +101,7 @@ def embed_files(
     Returns:
         the embeddings (and logits) per file.
     """
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
     from sp4sc.probes.sweep import check_dts
 
     hop = dt if hop is None else hop

@@ -225,7 +225,7 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
         cfg: the settings.
         bundle: an encoder already built (tests); by default built from ``cfg``.
     """
-    from sp4sc.benchmarks.machine import line as machine_line
+    from sp4sc.machine import line as machine_line
     from sp4sc.probes.cost import raw_throughput
     from sp4sc.probes.extract import embed_clips
 
@@ -356,7 +356,7 @@ def _folded_size(loaded) -> tuple[int, float]:
     """Parameters and thop MACs of one clip at the front end's length, on the BatchNorm-folded model."""
     import thop
 
-    from sp4sc.fold import fold_batchnorm
+    from sp4sc.models.fold import fold_batchnorm
 
     fe = loaded.frontend
     folded = fold_batchnorm(loaded.model)
@@ -371,9 +371,9 @@ def compare_checkpoint(path: str | os.PathLike, data: StudyData) -> dict:
     Uses the first fold's eval clips (TAU2020: fold1 evaluate). Parameters and
     MACs per clip (thop) are counted on the BatchNorm-folded model.
     """
-    from sp4sc.audio import load_audio
-    from sp4sc.checkpoint import load_model
-    from sp4sc.features import LogMel
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.models.checkpoint import load_model
+    from sp4sc.frontend.features import LogMel
     from sp4sc.metrics import accuracy, log_loss, macro_accuracy
 
     loaded = load_model(path)
@@ -420,7 +420,7 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
     per clip (thop) are counted on the first fold's checkpoint, BatchNorm folded. A run that
     is not finished (``"complete": false``) is named "k of n folds done" and warned about.
     """
-    from sp4sc.checkpoint import load_model
+    from sp4sc.models.checkpoint import load_model
 
     folder = Path(folder)
     summary = json.loads((folder / "cv.json").read_text(encoding="utf-8"))

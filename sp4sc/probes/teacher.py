@@ -177,7 +177,7 @@ class TeacherConfig:
         self.check_weights()
         if self.random_init:
             return f"random-init-seed{self.init_seed}"
-        from sp4sc.probes.encoders import file_sha256
+        from sp4sc.probes.bundle import file_sha256
 
         return f"sha256:{file_sha256(Path(self.ckpt).expanduser())}"
 
@@ -323,7 +323,7 @@ class _Teacher:
 
         path = None if self.folder is None else self.folder / "probe.pt"
         if path is not None and path.is_file():
-            from sp4sc.checkpoint import check_state_dict, read_checkpoint
+            from sp4sc.models.checkpoint import check_state_dict, read_checkpoint
 
             state = read_checkpoint(path)  # weights_only=True
             if not isinstance(state.get("mean"), torch.Tensor):
@@ -631,7 +631,7 @@ def online_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) 
 
     The caller's random streams are left as they were.
     """
-    from sp4sc.audio import load_audio
+    from sp4sc.frontend.audio import load_audio
     from sp4sc.log import logger
     from sp4sc.probes.windows import window_samples
 

@@ -1,10 +1,10 @@
 """Class probabilities of audio files with a model file (the torch side of ``sp4sc infer``).
 
-``predict_files(loaded, files)`` loads each file with :func:`sp4sc.audio.load_audio`
+``predict_files(loaded, files)`` loads each file with :func:`sp4sc.frontend.audio.load_audio`
 at the model's front end (mono, resampled with soxr), keeps each clip at its own
 length unless ``pad`` / ``crop`` fit it to the model's trained length
-(:func:`sp4sc.audio.fit_clip`; one line per run says when lengths differ), computes log-mels with :class:`sp4sc.features.LogMel`, runs the model
-in eval mode, folded as it is exported (:func:`sp4sc.fold.inference_model`), and returns
+(:func:`sp4sc.frontend.audio.fit_clip`; one line per run says when lengths differ), computes log-mels with :class:`sp4sc.frontend.features.LogMel`, runs the model
+in eval mode, folded as it is exported (:func:`sp4sc.models.fold.inference_model`), and returns
 softmax probabilities ``(n_files, n_classes)``. The edge
 runner (``export/edge_infer.py``) is its torch-free twin and prints the same JSON
 (:func:`result_json`).
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.fold import inference_model
+from sp4sc.models.fold import inference_model
 
 # SP4ASC's SpecAugment ([time width, time stripes, freq width, freq stripes]) at the
 # sp4asc front end (431 frames x 256 mels), from their checkpoint names
@@ -39,7 +39,7 @@ def tta_spec_augment(loaded, spec_augment: Sequence[int] | None = None):
     """The SpecAugment used for TTA.
 
     In order: ``spec_augment`` if given; the model file's training setting
-    (``meta["spec_augment"]``, written by :class:`sp4sc.lit.SceneClassifier`, or
+    (``meta["spec_augment"]``, written by :class:`sp4sc.training.lit.SceneClassifier`, or
     ``meta["source"]["config"]["specAugment"]`` of a converted SP4ASC checkpoint);
     else SP4ASC's ``[128, 2, 32, 2]`` with its widths scaled to the front end's frames
     and mel bins. The fill is the file's ``spec_augment_fill`` (default ``"mean"``).
@@ -105,11 +105,11 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     """Probabilities ``(len(files), n_classes)`` float32 for audio files.
 
     Each clip runs at its own length unless ``pad`` / ``crop`` fit it to the model's
-    trained length (:func:`sp4sc.audio.fit_clip`); when any clip ran at another
+    trained length (:func:`sp4sc.frontend.audio.fit_clip`); when any clip ran at another
     length than the trained one, one line at the end of the run says how many and how.
 
     Args:
-        loaded: a :class:`sp4sc.checkpoint.LoadedModel`.
+        loaded: a :class:`sp4sc.models.checkpoint.LoadedModel`.
         files: audio paths (wav, flac, ogg); resampled to the model's rate as needed.
         tta: test-time augmentation passes (0: none); the softmax of the passes is averaged.
         seed: TTA seed (same seed, same result, whatever the batch size).
@@ -122,8 +122,8 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     Raises:
         Sp4scError: a file is missing, unreadable or too short for the model (named), or a bad argument.
     """
-    from sp4sc.audio import ClipLengths, fit_clip, load_audio
-    from sp4sc.features import LogMel
+    from sp4sc.frontend.audio import ClipLengths, fit_clip, load_audio
+    from sp4sc.frontend.features import LogMel
     from sp4sc.log import logger
 
     if batch_size < 1:

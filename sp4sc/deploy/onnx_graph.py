@@ -3,7 +3,7 @@
 The exported graph (``model.onnx``):
 
 - input ``logmel`` float32 ``(batch, 1, frames, mels)``: the library's log-mel
-  (:class:`sp4sc.features.LogMel`) with the settings in ``frontend.json``;
+  (:class:`sp4sc.frontend.features.LogMel`) with the settings in ``frontend.json``;
 - outputs ``logits`` float32 ``(batch, classes)`` and ``probs`` float32
   ``(batch, classes)`` (softmax of the logits, computed in the graph so the edge
   side needs no maths of its own).
@@ -20,8 +20,8 @@ Every model carries ONNX metadata (``metadata_props``) ``sp4sc.fingerprint``
 the class names and the model name. ``frontend.json`` repeats it; the edge runner
 refuses a model whose fingerprint differs from its ``frontend.json``.
 
-Nothing here checks parity (:mod:`sp4sc.onnx_parity`) or writes files
-(:mod:`sp4sc.onnx_export`).
+Nothing here checks parity (:mod:`sp4sc.deploy.onnx_parity`) or writes files
+(:mod:`sp4sc.deploy.onnx_export`).
 """
 
 from __future__ import annotations
@@ -140,13 +140,13 @@ def to_onnx(backbone: nn.Module, n_mels: int, frames: int, *, half: bool = False
 def frontend_graph(cfg, opset: int = OPSET):
     """ONNX model: ``waveform`` ``(batch, samples)`` -> ``logmel`` ``(batch, 1, frames, mels)``.
 
-    The definition of :class:`sp4sc.features.LogMel`: reflect padding of n_fft // 2,
+    The definition of :class:`sp4sc.frontend.features.LogMel`: reflect padding of n_fft // 2,
     periodic Hann window centred in n_fft, ``STFT`` (float64, one-sided), power,
     mel ``MatMul`` (float32), ``10 * log10(max(P, amin))``.
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from sp4sc.features import mel_filterbank
+    from sp4sc.frontend.features import mel_filterbank
 
     n = np.arange(cfg.win_length)
     win = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.win_length)  # periodic Hann

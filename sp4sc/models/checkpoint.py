@@ -8,7 +8,7 @@ asteroid's ``BaseModel.serialize``)::
                "versions": {...}, ...},
      "state_dict": {<backbone parameter name>: tensor, ...}}
 
-A Lightning checkpoint written by :class:`sp4sc.lit.SceneClassifier` carries the
+A Lightning checkpoint written by :class:`sp4sc.training.lit.SceneClassifier` carries the
 same ``"sp4sc"`` entry; its ``state_dict`` keys start with ``backbone.``.
 Both are read with ``torch.load(..., weights_only=True)`` and loaded strictly.
 """
@@ -100,7 +100,7 @@ class LoadedModel:
     model: torch.nn.Module
     name: str
     model_kwargs: dict[str, Any]
-    frontend: Any  # sp4sc.features.FrontEndConfig
+    frontend: Any  # sp4sc.frontend.features.FrontEndConfig
     classes: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -131,7 +131,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict[str, 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
     """Rebuild the backbone stored in a model file or a Lightning checkpoint (eval mode)."""
-    from sp4sc.features import FrontEndConfig
+    from sp4sc.frontend.features import FrontEndConfig
     from sp4sc.models import create_model
 
     ckpt = read_checkpoint(path)

@@ -31,7 +31,7 @@ from typing import Callable
 
 SLOW_S = 0.5
 HELP_FLAGS = ("-h", "--help")
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = ("torch", "pytorch-lightning", "lightning", "jsonargparse", "hear21passt", "speechbrain")
 ENV_KEYS = ("SP4SC_CACHE", "HOME", "COLUMNS")
 

@@ -11,9 +11,9 @@ inputs and :func:`summarise` gates the differences against a tolerance:
 - fp16 graph: probabilities within :data:`FP16_PROB_TOL` of torch running the same
   float16-rounded weights (:func:`fp16_rounded`);
 - waveform graph (front end inside, float64 STFT): :func:`waveform_parity`, within
-  :data:`WAVEFORM_PROB_TOL` of :class:`sp4sc.features.LogMel` + the torch model.
+  :data:`WAVEFORM_PROB_TOL` of :class:`sp4sc.frontend.features.LogMel` + the torch model.
 
-:mod:`sp4sc.onnx_export` applies these at every export and refuses to write a
+:mod:`sp4sc.deploy.onnx_export` applies these at every export and refuses to write a
 model that fails.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sp4sc.onnx_graph import INPUT_NAME, OUTPUT_NAMES, WAVEFORM_INPUT_NAME
+from sp4sc.deploy.onnx_graph import INPUT_NAME, OUTPUT_NAMES, WAVEFORM_INPUT_NAME
 
 FP32_PROB_TOL = 1e-5
 FP32_LOGIT_REL_TOL = 1e-4  # logits relative to their largest magnitude: keeps parity honest when probs saturate
@@ -130,8 +130,8 @@ def default_parity_shapes(n_frames: int, min_frames: int = 16) -> list[tuple[int
 
 
 def waveform_parity(proto, folded: nn.Module, cfg, shapes: Sequence[tuple[int, int]]) -> dict[str, Any]:
-    """ORT waveform model vs :class:`sp4sc.features.LogMel` + torch model at the same (batch, frames) shapes."""
-    from sp4sc.features import LogMel
+    """ORT waveform model vs :class:`sp4sc.frontend.features.LogMel` + torch model at the same (batch, frames) shapes."""
+    from sp4sc.frontend.features import LogMel
 
     logmel = LogMel(cfg).eval()
     rng = np.random.default_rng(1)
@@ -147,7 +147,7 @@ def waveform_parity(proto, folded: nn.Module, cfg, shapes: Sequence[tuple[int, i
     ref = torch_reference(folded, inputs, torch_fn)
     rows = compare(ort_session(proto), inputs, ref, input_name=WAVEFORM_INPUT_NAME)
     out = summarise(rows, WAVEFORM_PROB_TOL, FP32_LOGIT_REL_TOL * 10)
-    out["reference"] = "sp4sc.features.LogMel + torch folded model"
+    out["reference"] = "sp4sc.frontend.features.LogMel + torch folded model"
     return out
 
 

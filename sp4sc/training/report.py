@@ -142,7 +142,7 @@ def write_eval_report(results: Mapping[str, Any], classes: Sequence[str], folder
                       title: str | None = None) -> tuple[Path, Path | None]:
     """``confusion.png`` and ``metrics.md`` into ``folder`` from a report holding a ``"confusion"`` entry.
 
-    ``results`` is :attr:`sp4sc.lit.SceneClassifier.reports` ``[stage]`` (or any
+    ``results`` is :attr:`sp4sc.training.lit.SceneClassifier.reports` ``[stage]`` (or any
     :func:`sp4sc.metrics.dcase_results` dict with ``"confusion"`` added). Returns
     ``(metrics.md, confusion.png or None when there is no confusion matrix)``.
     """

@@ -2,23 +2,23 @@
 
 ``export_onnx(loaded, out_dir)`` (behind ``sp4sc export``) does, in order:
 
-1. fold BatchNorm and merge the SP4SC blocks (:func:`sp4sc.fold.fold_batchnorm`,
-   :func:`sp4sc.fold.deploy_model`) and count parameters, bytes and MACs on the
-   folded model (:func:`sp4sc.complexity.complexity_report`);
-2. check the budget (:func:`sp4sc.complexity.check_budget`): over budget is a
+1. fold BatchNorm and merge the SP4SC blocks (:func:`sp4sc.models.fold.fold_batchnorm`,
+   :func:`sp4sc.models.fold.deploy_model`) and count parameters, bytes and MACs on the
+   folded model (:func:`sp4sc.deploy.complexity.complexity_report`);
+2. check the budget (:func:`sp4sc.deploy.complexity.check_budget`): over budget is a
    :class:`~sp4sc.errors.BudgetExceeded` unless ``no_budget=True``, and then every
    output says so (``"over_budget": true`` in the JSON files and the ONNX metadata);
-3. export the graphs (:mod:`sp4sc.onnx_graph`: ``model.onnx`` and the fp16, int8
+3. export the graphs (:mod:`sp4sc.deploy.onnx_graph`: ``model.onnx`` and the fp16, int8
    and waveform variants) with the TorchScript-based exporter at opset
-   :data:`~sp4sc.onnx_graph.OPSET`, dynamic batch and frame axes;
+   :data:`~sp4sc.deploy.onnx_graph.OPSET`, dynamic batch and frame axes;
 4. ``onnx.checker.check_model(full_check=True)``;
 5. parity against torch with ONNX Runtime at three or more (batch, frames)
-   shapes (:mod:`sp4sc.onnx_parity`); failing parity is an error;
+   shapes (:mod:`sp4sc.deploy.onnx_parity`); failing parity is an error;
 6. writes the folder atomically (:func:`sp4sc.fileio.atomic_dir`): the models,
    ``frontend.json`` (what the edge runner needs), ``complexity.json`` and
    ``parity.json``. On any error nothing is left.
 
-The names of :mod:`sp4sc.onnx_graph` and :mod:`sp4sc.onnx_parity` that callers
+The names of :mod:`sp4sc.deploy.onnx_graph` and :mod:`sp4sc.deploy.onnx_parity` that callers
 used from here are re-exported below.
 """
 
@@ -34,9 +34,9 @@ from torch import nn
 
 from sp4sc.errors import BudgetExceeded, Sp4scError
 from sp4sc.fileio import to_plain
-from sp4sc.fold import DeploySepBlock, deploy_model  # noqa: F401  (re-exported)
+from sp4sc.models.fold import DeploySepBlock, deploy_model  # noqa: F401  (re-exported)
 from sp4sc.log import logger
-from sp4sc.onnx_graph import (  # noqa: F401  (re-exported)
+from sp4sc.deploy.onnx_graph import (  # noqa: F401  (re-exported)
     FILES,
     INPUT_NAME,
     META_PREFIX,
@@ -53,7 +53,7 @@ from sp4sc.onnx_graph import (  # noqa: F401  (re-exported)
     waveform_model,
     weights_hash,
 )
-from sp4sc.onnx_parity import (  # noqa: F401  (re-exported)
+from sp4sc.deploy.onnx_parity import (  # noqa: F401  (re-exported)
     FP16_PROB_TOL,
     FP32_LOGIT_REL_TOL,
     FP32_PROB_TOL,
@@ -86,7 +86,7 @@ def export_onnx(
     """Fold, count, check the budget, export to ONNX, check parity; write ``out_dir`` atomically.
 
     Args:
-        loaded: a :class:`sp4sc.checkpoint.LoadedModel` (``load_model(path)``).
+        loaded: a :class:`sp4sc.models.checkpoint.LoadedModel` (``load_model(path)``).
         out_dir: the export folder (must not exist unless ``overwrite``).
         fp16: also write ``model_fp16.onnx`` (parity within 1e-2 on probabilities).
         int8: also write ``model_int8.onnx`` (dynamic quantization; parity reported, not gated).
@@ -108,9 +108,9 @@ def export_onnx(
     import onnx
     import onnxruntime
 
-    from sp4sc.complexity import check_budget, complexity_report
+    from sp4sc.deploy.complexity import check_budget, complexity_report
     from sp4sc.fileio import atomic_dir
-    from sp4sc.fold import fold_batchnorm
+    from sp4sc.models.fold import fold_batchnorm
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

@@ -16,10 +16,10 @@ across DDP ranks, the confusion figure for TensorBoard, the reports) lives in
 :class:`sp4sc.metrics.StageEvaluation`. The last report of each stage is
 :attr:`SceneClassifier.reports` (plain dicts, see
 :func:`sp4sc.metrics.dcase_results`). How the model trains on a CPU (CPU path,
-torch.compile, bf16) is chosen by :mod:`sp4sc.cpu_training` when fitting starts.
+torch.compile, bf16) is chosen by :mod:`sp4sc.training.cpu_training` when fitting starts.
 
-Checkpoints carry ``checkpoint["sp4sc"]`` (:func:`sp4sc.checkpoint.model_spec`),
-so :func:`sp4sc.checkpoint.load_model` rebuilds the backbone from a Lightning
+Checkpoints carry ``checkpoint["sp4sc"]`` (:func:`sp4sc.models.checkpoint.model_spec`),
+so :func:`sp4sc.models.checkpoint.load_model` rebuilds the backbone from a Lightning
 checkpoint (state-dict keys ``backbone.*``), and every entry is a plain type:
 ``torch.load(path, weights_only=True)`` reads them.
 
@@ -338,7 +338,7 @@ class SceneClassifier(pl.LightningModule):
         self.classes: Optional[list[str]] = None
         self.frontend_cfg = None
         self.evaluation = StageEvaluation(STAGES)  # metrics, reports and figures of val/test
-        self._cpu = None  # sp4sc.cpu_training.CpuTraining, chosen when fitting starts
+        self._cpu = None  # sp4sc.training.cpu_training.CpuTraining, chosen when fitting starts
         self.train_setup: dict[str, Any] = {}
         if self.kd_config is not None:
             self.hparams["kd_teacher"] = self.kd_config.to_dict()  # plain types: weights_only loads it
@@ -600,11 +600,11 @@ class SceneClassifier(pl.LightningModule):
         self.setup_cpu_training()
 
     def setup_cpu_training(self) -> dict[str, Any]:
-        """Choose the CPU training path, torch.compile and bf16 autocast for this run (:mod:`sp4sc.cpu_training`).
+        """Choose the CPU training path, torch.compile and bf16 autocast for this run (:mod:`sp4sc.training.cpu_training`).
 
         Returns (and keeps in :attr:`train_setup`) what was chosen, for logs and benchmarks.
         """
-        from sp4sc.cpu_training import CpuTraining, choose
+        from sp4sc.training.cpu_training import CpuTraining, choose
 
         h = self.hparams
         self._cpu = CpuTraining(setup={"device": self.device.type}) if self.backbone is None else choose(
@@ -792,8 +792,8 @@ class SceneClassifier(pl.LightningModule):
     # ------------------------------------------------------------- checkpoints
 
     def model_spec(self) -> dict[str, Any]:
-        """The ``"sp4sc"`` entry that lets :func:`sp4sc.checkpoint.load_model` rebuild the backbone."""
-        from sp4sc.checkpoint import model_spec
+        """The ``"sp4sc"`` entry that lets :func:`sp4sc.models.checkpoint.load_model` rebuild the backbone."""
+        from sp4sc.models.checkpoint import model_spec
 
         if self.classes is None or self.frontend_cfg is None:
             raise Sp4scError("the model has no classes/front end yet (train or load it with its data first)")
@@ -816,7 +816,7 @@ class SceneClassifier(pl.LightningModule):
         spec = checkpoint.get("sp4sc")
         if not isinstance(spec, dict):
             return
-        from sp4sc.features import FrontEndConfig
+        from sp4sc.frontend.features import FrontEndConfig
 
         if self.backbone is None:  # load_from_checkpoint outside a Trainer: rebuild as saved
             from sp4sc.models import create_model

@@ -27,7 +27,7 @@ Facts from their code (``sp4asc/models/cnns.py``, ``datasets/dcase.py``,
   input normalisation (it is part of ``net``); SpecAugment sits after bn0 and is
   inactive in eval mode (they force it on only for test-time augmentation).
 
-Our ``sp4asc`` front-end preset (:mod:`sp4sc.features`) is exactly these
+Our ``sp4asc`` front-end preset (:mod:`sp4sc.frontend.features`) is exactly these
 settings (periodic Hann, reflect centring, power spectrum, Slaney mels,
 10*log10(max(P, 1e-10))) and our ``sp4sc`` model is their ``Cnn6_60k`` layer for
 layer, so the pipeline computes the same function; the only differences are
@@ -38,7 +38,7 @@ Their deployed model differs from their trained one: ``TestManager.load_state``
 calls ``merge_conv_bn`` (scale = gamma / sqrt(running_var), eps dropped) and then
 rounds the weights through fp16. The eps matters here: ``conv1.bn.running_var``
 of ``..._128_2_32_2.pth`` goes down to 9e-11. We fold with eps
-(:func:`sp4sc.fold.fold_batchnorm`), so our folded model equals the unfolded one.
+(:func:`sp4sc.models.fold.fold_batchnorm`), so our folded model equals the unfolded one.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from sp4sc.checkpoint import check_state_dict, model_spec, read_checkpoint, save_model
+from sp4sc.models.checkpoint import check_state_dict, model_spec, read_checkpoint, save_model
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
 
@@ -110,7 +110,7 @@ def convert_sp4asc(path: str | os.PathLike):
         ``(model, spec)``: the model in eval mode and the model-file description
         (front end ``sp4asc``, classes :data:`SCENES`, source checkpoint name, epoch and config).
     """
-    from sp4sc.features import frontend_preset
+    from sp4sc.frontend.features import frontend_preset
     from sp4sc.models import create_model
 
     src = read_sp4asc(path)

@@ -10,16 +10,16 @@ The package ``<out>/<label>/`` holds
   gives the very floats the log loss was computed from;
 * ``<label>.meta.yaml``: the DCASE 2021 Task 1A meta structure: hand-written
   fields from the template (``submissions/meta_template.yaml``), complexity of
-  the BatchNorm-folded model (:mod:`sp4sc.complexity`), development results on
+  the BatchNorm-folded model (:mod:`sp4sc.deploy.complexity`), development results on
   the fold1 ``evaluate`` split when a development folder is given;
-* the exported ONNX model and ``complexity.json`` (:mod:`sp4sc.onnx_export`).
+* the exported ONNX model and ``complexity.json`` (:mod:`sp4sc.deploy.onnx_export`).
 
 Predictions come from the folded model with its weights rounded to float16
 and back (``precision="fp16"``, the default), i.e. the model whose size the meta
 file reports -- what SP4ASC did for its DCASE 2021 entry (facts read from
 valeoai/SP4ASC ``sp4asc/testing.py``; no code copied).
 
-Clip length is :func:`sp4sc.infer.predict_files`'s, with the same ``pad`` / ``crop``
+Clip length is :func:`sp4sc.deploy.infer.predict_files`'s, with the same ``pad`` / ``crop``
 options as ``sp4sc infer`` and the edge runner: each clip at its own length by
 default (the TAU evaluation clips are all 10 s, the trained length).
 
@@ -28,7 +28,7 @@ test time and the softmax of N augmented passes is averaged; the stripes come
 from a generator seeded with ``seed``, so a rerun writes the same file.
 
 Everything is written into a temporary folder beside the target, validated by
-:func:`sp4sc.validate.validate_submission`, and renamed into place
+:func:`sp4sc.challenge.validate.validate_submission`, and renamed into place
 (:func:`sp4sc.fileio.atomic_dir`): a failure leaves no package behind.
 """
 
@@ -47,11 +47,11 @@ from sp4sc.constants import DEVICES, SCENES
 from sp4sc.errors import BudgetExceeded, Sp4scError
 from sp4sc.fileio import to_plain
 from sp4sc.log import logger
-from sp4sc.validate import HEADER, META_SUFFIX, OUTPUT_SUFFIX, STRICT_SUM_TOL, label_problems, validate_submission
+from sp4sc.challenge.validate import HEADER, META_SUFFIX, OUTPUT_SUFFIX, STRICT_SUM_TOL, label_problems, validate_submission
 
 PRECISIONS = {"fp32": 4, "fp16": 2}
 TEMPLATE_NAME = "meta_template.yaml"
-REPO_TEMPLATE = Path(__file__).resolve().parents[1] / "submissions" / TEMPLATE_NAME
+REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "submissions" / TEMPLATE_NAME
 
 
 # ----------------------------------------------------------------------------- output csv
@@ -148,7 +148,7 @@ def load_template(path: str | os.PathLike) -> dict:
 
 
 def complexity_fields(report: dict, precision: str = "fp16") -> dict[str, Any]:
-    """``system.complexity`` of the meta file from :func:`sp4sc.complexity.complexity_report`.
+    """``system.complexity`` of the meta file from :func:`sp4sc.deploy.complexity.complexity_report`.
 
     ``model_size`` is in KB of 1024 bytes at ``precision`` (DCASE 2021: 128 KB
     = 131,072 bytes at float16), as SP4ASC reported 62,474 params = 122.02 KB.
@@ -342,8 +342,8 @@ def quantise_weights(model, precision: str):
 
 def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16,
             pad: str | None = None, crop: bool = False) -> np.ndarray:
-    """(N, C) probabilities in the model's class order, via :func:`sp4sc.infer.predict_files` (same clip length rules)."""
-    from sp4sc.infer import predict_files
+    """(N, C) probabilities in the model's class order, via :func:`sp4sc.deploy.infer.predict_files` (same clip length rules)."""
+    from sp4sc.deploy.infer import predict_files
 
     return np.asarray(predict_files(loaded, [str(f) for f in files], tta=tta, seed=seed, batch_size=batch_size,
                                     pad=pad, crop=crop))
@@ -367,7 +367,7 @@ class SubmitResult:
 
 def _export(loaded, pkg: Path, *, no_budget: bool, fp16: bool = True) -> None:
     """Export the ONNX model(s), complexity.json, frontend.json and parity.json into the package folder."""
-    from sp4sc.onnx_export import export_onnx
+    from sp4sc.deploy.onnx_export import export_onnx
 
     scratch = pkg / ".onnx_export"
     export_onnx(loaded, scratch, no_budget=no_budget, fp16=fp16)
@@ -401,10 +401,10 @@ def make_submission(
             inputs, or a package that fails validation (nothing is left behind).
         BudgetExceeded: the folded model is over budget and ``no_budget`` is False.
     """
-    from sp4sc.checkpoint import LoadedModel, load_model
-    from sp4sc.complexity import check_budget, complexity_report
+    from sp4sc.models.checkpoint import LoadedModel, load_model
+    from sp4sc.deploy.complexity import check_budget, complexity_report
     from sp4sc.fileio import atomic_dir, write_json, write_text
-    from sp4sc.fold import fold_batchnorm
+    from sp4sc.models.fold import fold_batchnorm
 
     problems = label_problems(label)
     if problems:

@@ -2,7 +2,7 @@
 
 Conventions (DCASE 2021 Task 1A, as in CPJKU's ``helpers/complexity.py`` idea):
 
-- Parameters are counted on the folded float model (:func:`sp4sc.fold.fold_batchnorm`):
+- Parameters are counted on the folded float model (:func:`sp4sc.models.fold.fold_batchnorm`):
   every parameter tensor (weights, biases, the per-mel input affine). Buffers are
   not parameters (BatchNorm's num_batches_tracked and running statistics are gone
   after folding; the front end's mel/DFT matrices are not in the model at all).
@@ -29,7 +29,7 @@ from torch import nn
 
 from sp4sc.constants import BUDGET_BYTES, BUDGET_MACS_PER_SECOND, BUDGET_PARAMS
 from sp4sc.errors import BudgetExceeded, Sp4scError
-from sp4sc.fold import fold_batchnorm, is_folded
+from sp4sc.models.fold import fold_batchnorm, is_folded
 from sp4sc.models._common import MelAffine
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -99,7 +99,7 @@ def complexity_report(
 
     Args:
         model: a registry model (folded or not; it is folded on a copy).
-        frontend_cfg: the :class:`sp4sc.features.FrontEndConfig` that feeds the model
+        frontend_cfg: the :class:`sp4sc.frontend.features.FrontEndConfig` that feeds the model
             (gives frames per second and mel bins).
         duration: clip length in seconds for the MAC count (default: the front end's).
         count_macs: False skips the two MAC counters (they run the model).

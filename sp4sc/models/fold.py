@@ -17,7 +17,7 @@ that is deployed (:class:`DeploySepBlock`: one plus-shaped 5x5 depthwise conv,
 merged with the 1x1 conv in the first block). :func:`inference_model` is both
 steps: the model ``sp4sc infer`` runs and ``sp4sc export`` writes to ONNX, so the
 two compute the same function the same way. This module sits below both
-(:mod:`sp4sc.infer`, :mod:`sp4sc.onnx_export`) and imports neither.
+(:mod:`sp4sc.deploy.infer`, :mod:`sp4sc.deploy.onnx_export`) and imports neither.
 """
 
 from __future__ import annotations
