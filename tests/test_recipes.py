@@ -9,6 +9,7 @@ import yaml
 
 from sp4sc.cli import main
 from sp4sc.commands.lightning import expand_configs
+from sp4sc.frontend.features import PRESETS
 
 RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -39,7 +40,7 @@ def test_recipes_exist_and_keep_the_shared_layout():
         # the layout `sp4sc complexity --config` reads
         assert isinstance(cfg["model"]["backbone"], str), path
         assert isinstance(cfg["model"].get("backbone_kwargs", {}), dict), path
-        assert cfg["data"]["frontend"] in ("sp4asc", "panns", "demo"), path
+        assert cfg["data"]["frontend"] in PRESETS, path
         assert "root" not in cfg["data"], f"{path}: the data root comes from --data.root"
         args = expand_configs(["--config", str(path)])
         assert args[-1] == str(path) and any(a.endswith("base/trainer.yaml") for a in args), path
