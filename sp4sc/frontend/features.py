@@ -114,6 +114,14 @@ PRESETS: dict[str, FrontEndConfig] = {
     "sp4asc16k": FrontEndConfig("sp4asc16k", 16000, 1024, 1024, 368, 128, 0.0, 8000.0, 10.0),
     # PANNs (Kong et al., 2020): 1001 x 64 for a 10 s clip.
     "panns": FrontEndConfig("panns", 32000, 1024, 1024, 320, 64, 50.0, 14000.0, 10.0),
+    # The DCASE 2024/2025 Task 1 baseline's tiling (CPJKU dcase2024_task1_baseline, run_training.py
+    # defaults): 32 kHz, a 3072-sample (96 ms) Hann window in a 4096-point FFT, hop 500 (~16 ms),
+    # 256 mels over 0-16 kHz: 65 x 256 for the task's 1 s segments. Only the tiling is theirs;
+    # the mel filters and log are ours. Their torchaudio MelSpectrogram uses HTK-scale mel
+    # filters without area normalisation and ln(P + 1e-5), where LogMel uses Slaney-scale,
+    # unit-area filters and 10*log10(max(P, 1e-10)); the shapes (and so the model's parameters
+    # and MACs) are the same, the values are not, so their checkpoints do not transfer as they are.
+    "dcase2024": FrontEndConfig("dcase2024", 32000, 4096, 3072, 500, 256, 0.0, 16000.0, 1.0),
     # The demo's small front end: CPU training in minutes on 2 s clips
     # (full-resolution SP4SC trains at about 1.4 clips/s on 2 CPU cores).
     "demo": FrontEndConfig("demo", 16000, 512, 512, 256, 64, 0.0, 8000.0, 2.0),
