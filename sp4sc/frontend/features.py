@@ -114,6 +114,10 @@ PRESETS: dict[str, FrontEndConfig] = {
     "sp4asc16k": FrontEndConfig("sp4asc16k", 16000, 1024, 1024, 368, 128, 0.0, 8000.0, 10.0),
     # PANNs (Kong et al., 2020): 1001 x 64 for a 10 s clip.
     "panns": FrontEndConfig("panns", 32000, 1024, 1024, 320, 64, 50.0, 14000.0, 10.0),
+    # PANNs' 32 ms window and 10 ms hop at 16 kHz (501 x 64 for a 5 s clip, as panns gives at
+    # 32 kHz), 64 mels over 50-8000 Hz: for 16 kHz audio such as ESC-50's shared copy, where
+    # panns' 8-14 kHz bands would be empty.
+    "panns16k": FrontEndConfig("panns16k", 16000, 512, 512, 160, 64, 50.0, 8000.0, 10.0),
     # The DCASE 2024/2025 Task 1 baseline's tiling (CPJKU dcase2024_task1_baseline, run_training.py
     # defaults): 32 kHz, a 3072-sample (96 ms) Hann window in a 4096-point FFT, hop 500 (~16 ms),
     # 256 mels over 0-16 kHz: 65 x 256 for the task's 1 s segments. Only the tiling is theirs;
