@@ -5,6 +5,12 @@ Datasets and splits:
 - ``tau2020``: fold1 train / fold1 evaluate (validation and test; the test
   list names the same files); predict runs on fold1 test.
 - ``esc``: cross-validation, ``fold`` is the validation (and test, predict) fold.
+- ``tau2022``: DCASE 2022-2025 Task 1 (1 s clips): trains on the development-train
+  split ``split`` (5, 10, 25, 50 or 100 %: ``split_setup/split<N>.csv``, or
+  ``split_dir``); the development-test split ``test.csv`` is validation, test and
+  predict, as in the DCASE 2024 baseline (CPJKU/dcase2024_task1_baseline,
+  ``run_training.py``: ``trainer.fit(..., train_dl, test_dl)``). Audio is read
+  from ``root/<filename>``, i.e. ``root/audio/...`` as the split files name it.
 - ``toy``: the procedural dataset of :mod:`sp4sc.data.toy` in the TAU2020
   layout (generated on first use when ``root`` is None), split like tau2020.
 
@@ -36,7 +42,7 @@ from sp4sc.data.index import Clip, DatasetIndex, load_index
 from sp4sc.errors import Sp4scError
 from sp4sc.frontend.features import FrontEndConfig, frontend_preset
 
-DATASETS = ("toy", "tau2020", "esc")
+DATASETS = ("toy", "tau2020", "esc", "tau2022")
 
 
 def default_cache_dir() -> Path:
@@ -99,6 +105,9 @@ class SceneDataModule(pl.LightningDataModule):
         duration: clip length in seconds (overrides the preset's; for toy the
             default is the toy clip length).
         fold: tau2020/toy: 1 (the only official fold); esc: the validation fold.
+        split: tau2022 only: the development-train split in % (5, 10, 25, 50, 100).
+        split_dir: tau2022 only: folder of the split files (default
+            ``root/split_setup``; relative to ``root``).
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default batch_size).
         num_workers: DataLoader worker processes (0: read in the main process).
@@ -121,6 +130,8 @@ class SceneDataModule(pl.LightningDataModule):
         frontend: str = "sp4asc",
         duration: Optional[float] = None,
         fold: int = 1,
+        split: Optional[int] = None,
+        split_dir: Optional[str] = None,
         batch_size: int = 32,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
@@ -140,6 +151,14 @@ class SceneDataModule(pl.LightningDataModule):
             raise Sp4scError(f"--data.root: required for dataset {dataset!r} (the dataset's root folder)")
         if dataset in ("tau2020", "toy") and fold != 1:
             raise Sp4scError(f"--data.fold {fold}: {dataset} has only the official fold 1")
+        if dataset == "tau2022":
+            from sp4sc.data.index import TAU22_TRAIN_SPLITS
+
+            if split not in TAU22_TRAIN_SPLITS:
+                raise Sp4scError(f"--data.split {split}: tau2022 trains on one of the DCASE 2024 splits "
+                                 f"{', '.join(map(str, TAU22_TRAIN_SPLITS))} (% of the development-train set)")
+        elif split is not None or split_dir is not None:
+            raise Sp4scError(f"--data.split / --data.split_dir: only for dataset tau2022, not {dataset!r}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise Sp4scError("--data.batch_size: must be at least 1")
         if num_workers < 0:
@@ -150,6 +169,8 @@ class SceneDataModule(pl.LightningDataModule):
         self.frontend = frontend
         self.duration = duration
         self.fold = fold
+        self.split_name = split
+        self.split_dir = split_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -188,7 +209,8 @@ class SceneDataModule(pl.LightningDataModule):
         """The dataset index (read once)."""
         if self._index is None:
             kind = "tau2020" if self.dataset == "toy" else self.dataset
-            self._index = load_index(kind, self.dataset_root(), check_audio=False)
+            self._index = load_index(kind, self.dataset_root(), check_audio=False,
+                                     **({"split_dir": self.split_dir} if kind == "tau2022" else {}))
         return self._index
 
     def split_clips(self) -> dict[str, list[Clip]]:
@@ -197,6 +219,9 @@ class SceneDataModule(pl.LightningDataModule):
         if idx.name == "esc":
             train, val = idx.cv_split(self.fold)
             return {"train": train, "val": val, "test": val, "predict": val}
+        if idx.name == "tau2022":
+            test = idx.split("test")
+            return {"train": idx.split(f"split{self.split_name}"), "val": test, "test": test, "predict": test}
         return {"train": idx.split("train"), "val": idx.split("evaluate"), "test": idx.split("evaluate"),
                 "predict": idx.split("test")}
 

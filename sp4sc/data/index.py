@@ -15,6 +15,20 @@ Layouts (facts from the DCASE 2020/2021 Task 1A and ESC-50 releases):
 - ``esc``: ``meta/<name>.csv``, comma-separated, columns filename, fold,
   target, category, ...; audio in ``audio/``. Classes are the categories
   present, sorted; splits are ``fold1`` .. ``foldK``.
+- ``tau2022``: TAU Urban Acoustic Scenes 2022 Mobile (DCASE 2022-2025 Task 1,
+  1 s segments). The DCASE 2024 development-train splits
+  ``split_setup/split{5,10,25,50,100}.csv`` and ``split_setup/test.csv``
+  (tab-separated, ``filename<TAB>scene_label``), where the official baseline
+  (CPJKU/dcase2024_task1_baseline, README "Data Splits") puts them; another
+  folder with ``split_dir``. Splits are named ``split5`` .. ``split100`` and
+  ``test``; a split whose file is absent is simply not in the index (asking
+  for it is a one-line error). With ``meta.csv`` (filename, scene_label,
+  identifier, source_label; 230,350 rows in the official release) the clips
+  come from it; without it, from the split files, reading scene, city,
+  location and device from the file name
+  ``audio/<scene>-<city>-<location id>-<segment id>-<second 0-9>-<device>.wav``
+  (e.g. ``audio/airport-lisbon-1000-40000-0-a.wav``). Audio lives in
+  ``ROOT/audio/`` as the file names say.
 """
 
 from __future__ import annotations
@@ -30,8 +44,12 @@ from typing import Iterable
 from sp4sc.constants import SCENES
 from sp4sc.errors import Sp4scError
 
-DATASETS = ("tau2020", "tau2021eval", "esc")
+DATASETS = ("tau2020", "tau2021eval", "esc", "tau2022")
 TAU_SPLITS = ("train", "evaluate", "test")
+# DCASE 2024 Task 1 development-train splits (% of the full train set) and the development-test split
+TAU22_TRAIN_SPLITS = (5, 10, 25, 50, 100)
+TAU22_SPLITS = tuple(f"split{p}" for p in TAU22_TRAIN_SPLITS) + ("test",)
+TAU22_SPLIT_DIR = "split_setup"
 MISSING_SHOWN = 5  # names listed in the "files missing on disk" error
 
 
@@ -46,6 +64,8 @@ class Clip:
         device: recording device (TAU source_label), None when unknown.
         city: recording city (TAU identifier prefix), None when unknown.
         fold: cross-validation fold (ESC), None otherwise.
+        location: recording location (TAU identifier, e.g. ``lisbon-1000``),
+            None when unknown.
     """
 
     path: str
@@ -54,6 +74,7 @@ class Clip:
     device: str | None = None
     city: str | None = None
     fold: int | None = None
+    location: str | None = None
 
 
 @dataclass
@@ -74,10 +95,16 @@ class DatasetIndex:
     classes: tuple[str, ...]
     splits: dict[str, list[Clip]] = field(default_factory=dict)
     catalog: list[Clip] | None = None
+    split_dir: Path | None = None
 
     def split(self, name: str) -> list[Clip]:
         """The clips of one split."""
         if name not in self.splits:
+            if self.name == "tau2022" and name in TAU22_SPLITS:
+                raise Sp4scError(
+                    f"{self.split_dir / (name + '.csv')}: not found, so the tau2022 split {name!r} is unavailable "
+                    f"(present: {', '.join(self.splits) or 'none'}); put {name}.csv there or set --data.split_dir"
+                )
             raise Sp4scError(f"{self.name} at {self.root}: no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
@@ -283,17 +310,139 @@ def _load_esc(root: Path) -> DatasetIndex:
     return DatasetIndex("esc", root, classes, splits)
 
 
-_LOADERS = {"tau2020": _load_tau2020, "tau2021eval": _load_tau2021eval, "esc": _load_esc}
+def parse_tau22_name(name: str) -> tuple[str, str, str, str] | None:
+    """``audio/airport-lisbon-1000-40000-0-a.wav`` -> (scene, city, location, device), None if not that pattern.
+
+    The TAU Urban Acoustic Scenes 2022 Mobile naming (README of the shared split
+    files; the DCASE 2024 baseline reads the device the same way, as the text
+    after the last ``-``): ``<scene>-<city>-<location id>-<segment id>-<second>-<device>.wav``.
+    The location is the dataset's ``identifier``, ``<city>-<location id>``.
+    """
+    stem = posixpath.basename(name)
+    if not stem.endswith(".wav"):
+        return None
+    parts = stem[: -len(".wav")].split("-")
+    if len(parts) != 6 or not all(parts):
+        return None
+    scene, city, loc, _segment, second, device = parts
+    if not second.isdigit():
+        return None
+    return scene, city, f"{city}-{loc}", device
 
 
-def load_index(dataset: str, root: str | os.PathLike, *, check_audio: bool = True) -> DatasetIndex:
+def tau22_split_dir(root: Path, split_dir: str | os.PathLike | None) -> Path:
+    """The folder holding ``split*.csv`` / ``test.csv``: ``split_dir``, relative paths under ``root``."""
+    if split_dir is None:
+        return root / TAU22_SPLIT_DIR
+    d = Path(split_dir).expanduser()
+    return d if d.is_absolute() else root / d
+
+
+def _tau22_clip_from_name(path: Path, lineno: int, name: str, scene: str | None) -> Clip:
+    parsed = parse_tau22_name(name)
+    if parsed is None:
+        raise Sp4scError(
+            f"{path}: line {lineno}: {name!r} is not a TAU22 file name "
+            "(<scene>-<city>-<location id>-<segment id>-<second>-<device>.wav); is this a TAU Urban Acoustic Scenes 2022 list?"
+        )
+    fscene, city, location, device = parsed
+    scene = scene or fscene
+    if scene != fscene:
+        raise Sp4scError(f"{path}: line {lineno}: {name!r} is labelled {scene!r} but its name says {fscene!r}")
+    label = _check_scene(path, lineno, scene)
+    return Clip(name, scene, label, device, city, None, location)
+
+
+def _load_tau2022(root: Path, split_dir: str | os.PathLike | None = None) -> DatasetIndex:
+    sdir = tau22_split_dir(root, split_dir)
+    meta_path = root / "meta.csv"
+    meta: dict[str, Clip] | None = None
+    if meta_path.is_file():
+        rows = _read_table(meta_path, ("filename", "scene_label", "identifier", "source_label"), "\t")
+        names = [(ln, _safe_relpath(meta_path, ln, r["filename"])) for ln, r in rows]
+        _check_duplicates(meta_path, names)
+        meta = {}
+        for (lineno, r), (_, name) in zip(rows, names):
+            label = _check_scene(meta_path, lineno, r["scene_label"])
+            ident = r["identifier"] or None
+            city = ident.split("-", 1)[0] if ident else None
+            meta[name] = Clip(name, r["scene_label"], label, r["source_label"] or None, city, None, ident)
+    present = [s for s in TAU22_SPLITS if (sdir / f"{s}.csv").is_file()]
+    if meta is None and not present:
+        raise Sp4scError(
+            f"{root}: no meta.csv and no split files in {sdir} (split5.csv .. split100.csv, test.csv); "
+            "point --root at the TAU22 development folder or --split-dir / --data.split_dir at the split files"
+        )
+    splits: dict[str, list[Clip]] = {}
+    for split in present:
+        p = sdir / f"{split}.csv"
+        srows = _read_table(p, ("filename",), "\t")
+        snames = [(ln, _safe_relpath(p, ln, r["filename"])) for ln, r in srows]
+        _check_duplicates(p, snames)
+        clips = []
+        for (lineno, r), (_, name) in zip(srows, snames):
+            scene = r.get("scene_label") or None
+            if meta is not None:
+                if name not in meta:
+                    raise Sp4scError(f"{p}: line {lineno}: {name!r} is not listed in {meta_path}")
+                if scene is not None and scene != meta[name].scene:
+                    raise Sp4scError(f"{p}: line {lineno}: {name!r} has scene {scene!r} here "
+                                     f"but {meta[name].scene!r} in {meta_path}")
+                clips.append(meta[name])
+            else:
+                clips.append(_tau22_clip_from_name(p, lineno, name, scene))
+        splits[split] = clips
+    return DatasetIndex("tau2022", root, SCENES, splits, catalog=list(meta.values()) if meta is not None else None,
+                        split_dir=sdir)
+
+
+def tau22_nesting(index: DatasetIndex) -> list[str]:
+    """Problems with the TAU22 splits' structure (empty when sound).
+
+    The DCASE 2024 rules (baseline README, "Data Splits"): each smaller split is
+    inside the larger ones, none overlaps the test split, and a 10 s recording
+    (``<scene>-<city>-<location>-<segment>``, the name without second and
+    device) is in a split whole or not at all (checked between train and test).
+    """
+    problems = []
+    train = [s for s in TAU22_SPLITS[:-1] if s in index.splits]
+    sets = {s: {c.path for c in index.splits[s]} for s in train}
+    for small, big in zip(train, train[1:]):
+        extra = sets[small] - sets[big]
+        if extra:
+            problems.append(f"{small} has {len(extra)} files not in {big} (e.g. {sorted(extra)[0]})")
+    if "test" in index.splits:
+        test = {c.path for c in index.splits["test"]}
+        test_rec = {_recording(p) for p in test}
+        for s in train:
+            both = sets[s] & test
+            if both:
+                problems.append(f"{s} shares {len(both)} files with test (e.g. {sorted(both)[0]})")
+            shared = {_recording(p) for p in sets[s]} & test_rec
+            if shared and not both:
+                problems.append(f"{s} shares {len(shared)} 10 s recordings with test (e.g. {sorted(shared)[0]})")
+    return problems
+
+
+def _recording(path: str) -> str:
+    """The 10 s recording a 1 s TAU22 segment comes from: the name without ``-<second>-<device>.wav``."""
+    return posixpath.basename(path).rsplit("-", 2)[0]
+
+
+_LOADERS = {"tau2020": _load_tau2020, "tau2021eval": _load_tau2021eval, "esc": _load_esc, "tau2022": _load_tau2022}
+
+
+def load_index(dataset: str, root: str | os.PathLike, *, check_audio: bool = True,
+               split_dir: str | os.PathLike | None = None) -> DatasetIndex:
     """Read and validate a dataset's metadata.
 
     Args:
-        dataset: "tau2020", "tau2021eval" or "esc".
+        dataset: "tau2020", "tau2021eval", "esc" or "tau2022".
         root: the dataset's root folder.
         check_audio: check that every listed audio file exists (one error names
             how many are missing and the first few).
+        split_dir: tau2022 only: the folder of the split files (default
+            ``ROOT/split_setup``; a relative path is under ``root``).
 
     Returns:
         The index.
@@ -303,7 +452,9 @@ def load_index(dataset: str, root: str | os.PathLike, *, check_audio: bool = Tru
     """
     if dataset not in _LOADERS:
         raise Sp4scError(f"--dataset {dataset!r}: unknown; choose one of {', '.join(DATASETS)}")
-    index = _LOADERS[dataset](_root(root))
+    if split_dir is not None and dataset != "tau2022":
+        raise Sp4scError(f"--split-dir: only the tau2022 dataset has split files, not {dataset!r}")
+    index = _load_tau2022(_root(root), split_dir) if dataset == "tau2022" else _LOADERS[dataset](_root(root))
     if check_audio:
         check_files_exist(index.root, index.all_clips())
     return index
@@ -319,4 +470,9 @@ def summarize(index: DatasetIndex) -> dict:
             "by_scene": {k: v for k, v in ((s, sum(1 for c in clips if c.scene == s)) for s in index.classes) if v},
             "by_city": dict(sorted(Counter(c.city for c in clips if c.city is not None).items())),
         }
-    return {"dataset": index.name, "total": len(index.all_clips()), "splits": splits}
+    out = {"dataset": index.name, "total": len(index.all_clips()), "splits": splits}
+    if index.name == "tau2022":
+        out["split_dir"] = str(index.split_dir)
+        out["missing_splits"] = [s for s in TAU22_SPLITS if s not in index.splits]
+        out["structure_problems"] = tau22_nesting(index)
+    return out
