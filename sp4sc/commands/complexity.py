@@ -4,6 +4,12 @@
     sp4sc complexity --model cnn6 --frontend panns --duration 1
     sp4sc complexity --config recipes/sp4sc.yaml         # backbone + front end of a recipe
     sp4sc complexity --ckpt runs/sp4sc/checkpoints/best.ckpt --json
+    sp4sc complexity --rules dcase2024 --model cpmobile --duration 1   # 128 kB as stored, 30 M NeSsi MACs per 1 s
+
+``--rules`` picks an edition's limits and counting (:data:`sp4sc.deploy.complexity.RULES`):
+``dcase2021`` (the default: 65,536 parameters and 131,072 bytes at fp16),
+``dcase2024`` and ``dcase2025`` (parameter bytes at ``--precision`` <= 128,000
+and <= 30,000,000 MACs per 1 s clip counted as NeSsi does). Exit 3 when over.
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontend", help="front-end preset for --model (default: the model's own)")
     parser.add_argument("--n-classes", type=int, default=len(SCENES), help="classes for --model (default 10)")
     parser.add_argument("--duration", type=float, help="clip length in seconds for the MAC count (default: the front end's)")
-    parser.add_argument("--max-params", type=int, default=BUDGET_PARAMS, help=f"parameter limit (default {BUDGET_PARAMS:,})")
-    parser.add_argument("--max-bytes", type=int, default=BUDGET_BYTES, help=f"byte limit at fp16 (default {BUDGET_BYTES:,})")
+    parser.add_argument("--rules", choices=("dcase2021", "dcase2024", "dcase2025"), default="dcase2021",
+                        help="edition whose limits and counting apply (default dcase2021; 2024/2025: 128 kB as stored, "
+                             "30 M NeSsi MACs per 1 s)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                        help="storage precision of the byte count (default fp16, as the DCASE baselines ship)")
+    parser.add_argument("--max-params", type=int, default=None,
+                        help=f"parameter limit (default: the edition's; dcase2021 {BUDGET_PARAMS:,})")
+    parser.add_argument("--max-bytes", type=int, default=None,
+                        help=f"byte limit (default: the edition's; dcase2021 {BUDGET_BYTES:,} at fp16, 2024/2025 128,000)")
     parser.add_argument(
         "--max-macs", type=_macs, default=None, metavar="N",
         help=f"MAC limit for a 1 s clip, torchinfo count, e.g. 30M (DCASE 2022+: {BUDGET_MACS_PER_SECOND:,}); default: none",
@@ -145,7 +158,14 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError("--max-macs: needs the MAC count; drop --no-macs")
     model, cfg = _resolve(args)
     report = complexity_report(model, cfg, duration=args.duration, count_macs=not args.no_macs)
-    limits = {"max_params": args.max_params, "max_bytes": args.max_bytes, "max_macs_per_s": args.max_macs}
+    rules = getattr(args, "rules", "dcase2021") or "dcase2021"
+    if rules != "dcase2021":
+        return _run_rules(args, model, report, rules)
+    if getattr(args, "precision", None) not in (None, "fp16"):
+        raise Sp4scError("--precision: dcase2021 counts bytes at fp16; other precisions go with --rules dcase2024/dcase2025")
+    limits = {"max_params": BUDGET_PARAMS if args.max_params is None else args.max_params,
+              "max_bytes": BUDGET_BYTES if args.max_bytes is None else args.max_bytes,
+              "max_macs_per_s": args.max_macs}
     error: BudgetExceeded | None = None
     if args.no_budget:
         report["budget"] = {"checked": False, "limits": limits}
@@ -163,8 +183,28 @@ def run(args: argparse.Namespace) -> int:
         if args.no_budget:
             print("budget              not checked (--no-budget)")
         elif error is None:
-            print(f"budget              within ({args.max_params:,} params, {args.max_bytes:,} bytes at fp16"
+            print(f"budget              within ({limits['max_params']:,} params, {limits['max_bytes']:,} bytes at fp16"
                   + (f", {args.max_macs:,} MACs per 1 s" if args.max_macs else "") + ")")
     if error is not None:
         raise error
+    return 0
+
+
+def _run_rules(args: argparse.Namespace, model, report: dict[str, Any], rules: str) -> int:
+    """``--rules dcase2024|dcase2025``: bytes as stored and NeSsi MACs per 1 s against the edition's limits."""
+    from sp4sc.deploy.complexity import apply_rules, edition_rules, format_report, format_rules
+
+    verdict = apply_rules(report, model, edition_rules(rules), precision=args.precision, max_params=args.max_params,
+                          max_bytes=args.max_bytes, max_macs_per_s=args.max_macs, count_macs=not args.no_macs)
+    report["budget"] = {"checked": not args.no_budget, "within_budget": verdict["within"], "limits": verdict["limits"]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        print(format_rules(verdict))
+        if args.no_budget and not verdict["within"]:
+            print("budget              not enforced (--no-budget)")
+    if not verdict["within"] and not args.no_budget:
+        raise BudgetExceeded(f"{report['model']} is over the {rules} limits: " + "; ".join(verdict["over"])
+                             + "; choose a smaller model or pass --no-budget to report only")
     return 0
