@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sp4sc.errors import Sp4scError
-from sp4sc.frontend.features import frontend_preset
+from sp4sc.frontend.features import PRESETS, frontend_preset
 from sp4sc.models import create_model, list_models, model_entry
 
 ALL = list_models()
@@ -33,10 +33,11 @@ def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
 
 
 def test_registry_has_both_families_and_named_variants():
-    assert "cnn6" in ALL and "sp4sc" in ALL
+    assert "cnn6" in ALL and "sp4sc" in ALL and "cpmobile" in ALL
     assert {"sp4sc_w32", "sp4sc_w48", "sp4sc_d3"} <= set(ALL)
     for name in ALL:
-        assert model_entry(name).frontend in ("sp4asc", "panns")
+        if name.startswith(("cnn6", "sp4sc", "cpmobile")):
+            assert model_entry(name).frontend in PRESETS, name
     with pytest.raises(Sp4scError, match="unknown model 'resnet'"):
         create_model("resnet")
     with pytest.raises(Sp4scError, match="bad option"):

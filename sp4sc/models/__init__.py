@@ -1,6 +1,7 @@
 """Model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
 
-Families live one per file (:mod:`sp4sc.models.cnn6`, :mod:`sp4sc.models.sp4sc`)
+Families live one per file (:mod:`sp4sc.models.cnn6`, :mod:`sp4sc.models.sp4sc`,
+:mod:`sp4sc.models.cpmobile`)
 and register their named variants explicitly with :func:`register_model`
 (the idea of timm's ``@register_model``; no ``globals()`` or ``eval`` lookup).
 
@@ -89,5 +90,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 # Explicit imports register the families (each module calls register_model).
 from sp4sc.models import cnn6 as _cnn6  # noqa: E402,F401
 from sp4sc.models import sp4sc as _sp4sc  # noqa: E402,F401
+from sp4sc.models import cpmobile as _cpmobile  # noqa: E402,F401
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
