@@ -24,6 +24,7 @@ confusion matrix, so DDP ranks sync them exactly with a sum.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -243,8 +244,124 @@ class SceneMetrics(Metric):
         return out
 
 
+ANNOTATE_MAX = 20  # past this many classes the cells carry no printed numbers
+DPI = 110
+
+
+@dataclass(frozen=True)
+class ConfusionLayout:
+    """How a confusion matrix of ``n`` classes is drawn: see :func:`confusion_layout`.
+
+    Attributes:
+        n: the class count.
+        panels: 2 (clip counts, and rows normalised) up to :data:`ANNOTATE_MAX` classes; 1 (rows
+            normalised only) past it, where a counts panel without its numbers repeats the rates.
+        annotate: whether each non-zero cell prints its number.
+        cell_in: side of one cell (inches).
+        tick_fontsize: class-name size (points).
+        cell_fontsize: size of the printed numbers (points; unused without ``annotate``).
+        margin_in: room for the class names left of and below a matrix (inches).
+        figsize: the whole figure (inches); the PNG is ``figsize * dpi`` pixels.
+        dpi: resolution of the PNG.
+    """
+
+    n: int
+    panels: int
+    annotate: bool
+    cell_in: float
+    tick_fontsize: float
+    cell_fontsize: float
+    margin_in: float
+    figsize: tuple[float, float]
+    dpi: int = DPI
+
+    @property
+    def matrix_in(self) -> float:
+        """Side of one matrix (inches)."""
+        return self.cell_in * self.n
+
+
+def confusion_layout(n: int, label_chars: int = 12, panels: int | None = None) -> ConfusionLayout:
+    """Size, fonts and annotation of a confusion figure of ``n`` classes.
+
+    Up to :data:`ANNOTATE_MAX` classes: 0.45-inch cells (0.36 past 10 classes) with their counts
+    (or rates) printed, two panels. Past it: no numbers in the cells, one panel, cells shrinking from 0.3 to 0.14 inch
+    (30 classes: 9 inches, 50: 10, 100: 14) and class names from 8 down to 6 points, so that at
+    :data:`DPI` the names stay legible at 100 % zoom and the image at about 2,000 pixels for
+    100 classes (the earlier fixed 0.45-inch cell made 50 classes 5,500 pixels wide).
+
+    Args:
+        n: the class count (>= 1).
+        label_chars: the longest class name, in characters (sets the margins).
+        panels: force 1 or 2 panels (default: by ``n`` as above).
+    """
+    if n < 1:
+        raise Sp4scError(f"confusion matrix: {n} classes; need at least 1")
+    annotate = n <= ANNOTATE_MAX
+    if annotate:
+        cell, tick = (0.45, 8.0) if n <= 10 else (0.36, 8.0)
+        cell_font = 7.0 if n <= 10 else 6.0
+    else:
+        cell = max(0.14, min(0.3, 10.0 / n))
+        tick = max(5.0, min(8.0, round(0.6 * cell * 72)))
+        cell_font = 0.0
+    panels = panels if panels is not None else (2 if annotate else 1)
+    margin = 0.6 + min(label_chars, 30) * tick * 0.62 / 72  # names plus the "true"/"predicted" label
+    side = max(2.5, cell * n)
+    colorbar = 0.9
+    width = panels * (side + margin + colorbar) + 0.3
+    height = side + margin + 0.9  # panel titles and the figure title above
+    return ConfusionLayout(n=n, panels=panels, annotate=annotate, cell_in=cell, tick_fontsize=tick,
+                           cell_fontsize=cell_font, margin_in=margin,
+                           figsize=(round(width, 2), round(height, 2)))
+
+
+def draw_matrix(fig, ax, values: np.ndarray, counts: np.ndarray, classes: Sequence[str], layout: ConfusionLayout,
+                title: str, rates: bool) -> None:
+    """One confusion panel on ``ax``: ``values`` as colours, class names, and numbers when ``layout.annotate``.
+
+    Args:
+        fig: the figure (for the colour bar).
+        ax: the axes.
+        values: ``(n, n)`` what the colours show (clip counts or row rates).
+        counts: ``(n, n)`` the clip counts (a cell prints only where its count is non-zero).
+        classes: class names.
+        layout: from :func:`confusion_layout`.
+        title: the panel's title.
+        rates: ``values`` are rates in [0, 1] (numbers printed as 0.00, colour scale fixed to 1).
+    """
+    n = len(classes)
+    top = 1.0 if rates else max(1.0, float(values.max()))
+    from matplotlib.colors import Normalize, PowerNorm
+
+    # without numbers a square-root scale keeps the few-percent confusions of many classes visible
+    norm = Normalize(0, top) if layout.annotate else PowerNorm(0.5, vmin=0, vmax=top)
+    img = ax.imshow(values, cmap="Blues", norm=norm, interpolation="nearest")
+    ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=layout.tick_fontsize)
+    ax.set_yticks(range(n), labels=list(classes), fontsize=layout.tick_fontsize)
+    ax.set_xlabel("predicted", fontsize=max(8.0, layout.tick_fontsize))
+    ax.set_ylabel("true", fontsize=max(8.0, layout.tick_fontsize))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.02)
+    if layout.annotate:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    text = f"{values[i, j]:.2f}" if rates else f"{int(round(values[i, j]))}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=layout.cell_fontsize,
+                            color="white" if values[i, j] > 0.5 * top else "black")
+    elif n > 1:  # a faint grid every 5 classes keeps a row findable without numbers
+        for k in range(5, n, 5):
+            ax.axhline(k - 0.5, color="0.85", lw=0.4)
+            ax.axvline(k - 0.5, color="0.85", lw=0.4)
+
+
 def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "confusion (rows: true)"):
-    """A matplotlib figure of a row-normalised confusion matrix (for TensorBoard's add_figure)."""
+    """A matplotlib figure of a row-normalised confusion matrix (for TensorBoard's add_figure).
+
+    Laid out by :func:`confusion_layout` with one panel: cell rates printed up to
+    :data:`ANNOTATE_MAX` classes, none past it.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -253,21 +370,9 @@ def confusion_figure(confusion: Any, classes: Sequence[str], title: str = "confu
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    n = len(classes)
-    size = max(4.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels=list(classes), fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
+    layout = confusion_layout(len(classes), max((len(str(c)) for c in classes), default=1), panels=1)
+    fig, ax = plt.subplots(figsize=layout.figsize, dpi=layout.dpi)
+    draw_matrix(fig, ax, norm, cm, classes, layout, title, rates=True)
     fig.tight_layout()
     return fig
 

@@ -117,3 +117,44 @@ def test_cv_bad_input(tmp_path, capsys):
     assert main(["cv", "--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root", str(data),
                  "--data.fold", "2"]) != 0
     assert "set by cv per fold" in capsys.readouterr().err
+
+
+def _fake_results(n_classes: int, folds: int, seed: int = 0) -> list[dict]:
+    """Per-fold results as run_fold writes them, with random confusion matrices (no training)."""
+    rng = np.random.default_rng(seed)
+    classes = [f"class_{i:03d}" for i in range(n_classes)]
+    out = []
+    for fold in range(1, folds + 1):
+        cm = rng.poisson(0.2, (n_classes, n_classes)) + np.diag(rng.integers(5, 9, n_classes))
+        out.append({"fold": fold, "accuracy": float(np.trace(cm) / cm.sum()), "class_avg_accuracy": 0.8,
+                    "logloss": 0.5 + 0.1 * fold, "epochs": 3, "wall_s": 10.0, "classes": classes,
+                    "confusion": cm.tolist()})
+    return out
+
+
+def _png_width(path: Path) -> int:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big")
+
+
+@pytest.mark.parametrize("n_classes", [10, 50])
+def test_cv_figures_and_top_confusions_follow_the_class_count(tmp_path, n_classes):
+    from sp4sc.commands.cv import write_summaries
+
+    results = _fake_results(n_classes, folds=2)
+    write_summaries(tmp_path, results, "recipes/esc10_sp4sc.yaml", "sp4sc cv ...", [1, 2])
+    summed = np.sum([r["confusion"] for r in results], axis=0)
+    np.fill_diagonal(summed, 0)
+    for name in ("cv.md", "metrics.md"):
+        text = (tmp_path / name).read_text()
+        assert "## Most frequent confusions" in text, name
+        rows = [ln for ln in text.split("## Most frequent confusions")[1].splitlines()
+                if ln.startswith("| class_")]
+        assert len(rows) == 10 and f" | {summed.max()} | " in rows[0], name
+        true, pred = (int(c.strip()[-3:]) for c in rows[0].split("|")[1].split("→"))
+        assert summed[true, pred] == summed.max(), name
+    # cv.png: the bars, and the matrix beside them only while it is readable (10 classes), not at 50
+    width = _png_width(tmp_path / "cv.png")
+    assert (width > 1000) if n_classes == 10 else (width < 800)
+    assert _png_width(tmp_path / "confusion.png") < 2200

@@ -96,7 +96,8 @@ def test_bad_probabilities_are_refused():
 
 def test_confusion_figure_draws():
     fig = metrics.confusion_figure(np.array([[3, 1], [0, 2]]), ("x", "y"))
-    assert len(fig.axes) == 1
+    assert len(fig.axes) == 2  # the matrix and its colour bar
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0.25", "0.75", "1.00"]  # rates of non-zero cells
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -118,3 +118,62 @@ def test_sp4sc_test_writes_figures_into_the_run_folder(tmp_path, capsys, caplog,
     # quiet: Lightning's litlogger advert and torch's LeafSpec deprecation (inside Lightning) stay off the terminal
     assert not [r for r in caplog.records if "litlogger" in r.getMessage()] and "litlogger" not in err
     assert not [w for w in recwarn.list if "LeafSpec" in str(w.message)]
+
+
+# ------------------------------------------------------- many classes: layout and top confusions
+
+def _many(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cm = rng.poisson(0.3, (n, n)) + np.diag(rng.integers(20, 40, n))
+    return cm, [f"class_{i:03d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [2, 10, 20, 21, 50, 100])
+def test_confusion_figure_size_and_annotation_follow_the_class_count(n):
+    from sp4sc.metrics import ANNOTATE_MAX, confusion_layout
+    from sp4sc.training.report import eval_confusion_figure
+
+    cm, classes = _many(n)
+    layout = confusion_layout(n, label_chars=9)
+    assert layout.annotate == (n <= ANNOTATE_MAX) and layout.panels == (2 if n <= ANNOTATE_MAX else 1)
+    fig = eval_confusion_figure(cm, classes)
+    # numbers in the cells: every non-zero cell of both panels up to 20 classes, none past it
+    texts = sum(len(ax.texts) for ax in fig.axes)
+    assert texts == (2 * int(np.count_nonzero(cm)) if n <= ANNOTATE_MAX else 0)
+    width, height = _png_size(confusion_png_bytes(cm, classes))
+    assert abs(width - layout.figsize[0] * layout.dpi) <= 1 and abs(height - layout.figsize[1] * layout.dpi) <= 1
+    # readable: names of at least 6 points, a cell at least as tall as its name, and no 5,000-pixel images
+    assert layout.tick_fontsize >= 6 and layout.cell_in * 72 >= layout.tick_fontsize
+    assert max(width, height) <= 2200
+    if n > ANNOTATE_MAX:
+        assert abs(width - height) < 0.1 * width  # one square panel, not two side by side
+
+
+def test_top_confusions_rank_pairs_by_count_then_share():
+    from sp4sc.training.report import top_confusions
+
+    classes = ["a", "b", "c"]
+    cm = np.array([[8, 2, 0],   # a: 10 clips, 2 taken for b (20 %)
+                   [1, 2, 2],   # b: 5 clips, 2 taken for c (40 %), 1 for a
+                   [0, 0, 4]])  # c: perfect
+    top = top_confusions(cm, classes, k=10)
+    assert top == [
+        {"true": "b", "predicted": "c", "count": 2, "share": pytest.approx(0.4)},  # same count, larger share first
+        {"true": "a", "predicted": "b", "count": 2, "share": pytest.approx(0.2)},
+        {"true": "b", "predicted": "a", "count": 1, "share": pytest.approx(0.2)},
+    ]
+    assert len(top_confusions(*_many(50), k=10)) == 10
+    assert top_confusions(np.diag([3, 4]), ["x", "y"]) == []
+
+
+def test_metrics_md_ends_with_the_most_frequent_confusions(tmp_path):
+    res, cm = _results()
+    text = write_metrics_md(res, tmp_path / "metrics.md", title="t", classes=SCENES).read_text()
+    section = text.split("## Most frequent confusions", 1)[1]
+    rows = [ln for ln in section.splitlines() if "→" in ln and ln.startswith("| ") and "true →" not in ln]
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    assert len(rows) == min(10, int(np.count_nonzero(off)))
+    i, j = np.unravel_index(np.argmax(off), off.shape)  # the largest count is on the first row
+    assert rows[0].startswith(f"| {SCENES[i]} → {SCENES[j]} | {off[i, j]} | ")
+    assert f"{int(off.sum())} clips misclassified" in section

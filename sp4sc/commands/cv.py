@@ -11,10 +11,12 @@ a fold with ``checkpoints/last.ckpt`` but no result resumes from it
 checkpoint (the end of training, not the best epoch: the validation fold is
 the test fold here, so picking the best epoch on it would flatter the score).
 Then ``cv.json`` (per fold and mean +/- std of accuracy, class-averaged
-accuracy, log loss, epochs, wall time), ``cv.md``, ``cv.png`` (per-fold
-accuracy and the confusion matrix summed over the folds) and ``confusion.png``
-(the summed counts and their row-normalised rates) with ``metrics.md`` (the
-pooled clips of all folds: accuracy overall and per class, log loss).
+accuracy, log loss, epochs, wall time), ``cv.md`` (the same, and the 10 most
+frequent confusions), ``cv.png`` (per-fold accuracy and, up to 20 classes, the
+confusion matrix summed over the folds) and ``confusion.png`` (the summed counts
+and their row-normalised rates, laid out for the class count) with
+``metrics.md`` (the pooled clips of all folds: accuracy overall and per class,
+log loss, the most frequent confusions).
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def pooled_results(results: list[dict[str, Any]], summary: dict[str, Any]) -> di
                     "logloss": sum(r["logloss"] * n for r, n in zip(results, counts)) / max(1, sum(counts))},
         "class_wise": {c: {"accuracy": a, "logloss": None} for c, a in class_acc.items()},
         "device_wise": {},
+        "confusion": cm,
     }
 
 
@@ -195,27 +198,48 @@ def markdown(summary: dict[str, Any]) -> str:
                  f"{100 * m['class_avg_accuracy']:.1f} +/- {100 * s['class_avg_accuracy']:.1f} % | "
                  f"{m['logloss']:.3f} +/- {s['logloss']:.3f} | {m['epochs']:.0f} | "
                  f"{sum(r['wall_s'] for r in summary['folds']):.0f} (total) |")
+    if summary.get("confusion"):
+        from sp4sc.training.report import top_confusions_md
+
+        cm = summary["confusion"]
+        lines += ["", *top_confusions_md(cm, summary.get("classes") or [str(i) for i in range(len(cm))]),
+                  "Summed over the folds; the whole matrix: confusion.png, per class: metrics.md."]
     lines += ["", f"Command: `{summary['command']}`", "", summary["machine"], ""]
     return "\n".join(lines)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """``cv.png``: per-fold accuracy (bars, mean line) and the summed confusion matrix."""
+    """``cv.png``: per-fold accuracy (bars, mean line) and, up to 20 classes, the summed confusion matrix.
+
+    Past :data:`sp4sc.metrics.ANNOTATE_MAX` classes the matrix would not be readable beside the
+    bars: the figure says where it is instead (``confusion.png``, and the most frequent
+    confusions in ``cv.md``).
+    """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
     import numpy as np
+    from matplotlib.figure import Figure
 
     from sp4sc.fileio import atomic_path
+    from sp4sc.metrics import ANNOTATE_MAX, confusion_layout, draw_matrix
 
     folds = summary["folds"]
-    has_cm = "confusion" in summary
-    fig, axes = plt.subplots(1, 2 if has_cm else 1, figsize=(13 if has_cm else 5, 5),
-                             gridspec_kw={"width_ratios": [1, 2]} if has_cm else None)
-    ax = axes[0] if has_cm else axes
+    cm = np.asarray(summary["confusion"], dtype=float) if summary.get("confusion") else None
+    classes = (summary.get("classes") or [str(i) for i in range(len(cm))]) if cm is not None else []
+    show_cm = cm is not None and len(classes) <= ANNOTATE_MAX
+    bars_w = max(4.0, 1.2 + 0.5 * len(folds))
+    if show_cm:
+        layout = confusion_layout(len(classes), max(len(str(c)) for c in classes), panels=1)
+        fig = Figure(figsize=(bars_w + layout.figsize[0], max(5.0, layout.figsize[1])), dpi=layout.dpi)
+        axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [bars_w, layout.figsize[0]]})
+    else:
+        fig = Figure(figsize=(max(5.5, bars_w), 5.6), dpi=110)
+        axes = [fig.subplots(1, 1)]
+    ax = axes[0]
     acc = [100 * r["accuracy"] for r in folds]
-    ax.bar([str(r["fold"]) for r in folds], acc, color="tab:blue")
+    ax.bar([str(r["fold"]) for r in folds], acc, color="tab:blue", width=0.6)
+    ax.set_xlim(-0.8, len(folds) - 0.2)
     ax.axhline(100 * summary["mean"]["accuracy"], color="k", ls="--", lw=1,
                label=f"mean {100 * summary['mean']['accuracy']:.1f} %")
     ax.set_xlabel("validation fold")
@@ -223,24 +247,17 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right")
     ax.set_title("per-fold accuracy")
-    if has_cm:
-        cm = np.asarray(summary["confusion"], dtype=float)
-        classes = summary.get("classes") or [str(i) for i in range(len(cm))]
-        ax = axes[1]
-        ax.imshow(cm, cmap="Blues")
-        for i in range(len(cm)):
-            for j in range(len(cm)):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
-        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("confusion, summed over folds")
-    fig.tight_layout()
+    if show_cm:
+        draw_matrix(fig, axes[1], cm, cm, classes, layout, "confusion, summed over folds (clip counts)",
+                    rates=False)
+    if cm is not None and not show_cm:
+        fig.tight_layout(rect=(0, 0.09, 1, 1))
+        fig.text(0.5, 0.015, f"{len(classes)} classes: the confusion matrix is in confusion.png,\n"
+                 "the most frequent confusions in cv.md", ha="center", va="bottom", fontsize=9)
+    else:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
 
 
 def run_cv(argv: list[str]) -> dict[str, Any]:
@@ -284,7 +301,8 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
 
         title = f"{Path(recipe).stem}: {len(results)} folds summed"
         write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png", title=title)
-        write_metrics_md(pooled_results(results, summary), out / "metrics.md", title=title)
+        write_metrics_md(pooled_results(results, summary), out / "metrics.md", title=title,
+                         classes=summary.get("classes"))
     return summary
 
 

@@ -1,6 +1,6 @@
 """Figures and tables of one evaluation, written into a run folder: ``confusion.png`` and ``metrics.md``.
 
-Two functions with plain arguments, so any command can call them (``sp4sc demo``,
+Functions with plain arguments, so any command can call them (``sp4sc demo``,
 ``sp4sc test`` / ``validate``, a cross-validation driver per fold and overall):
 
     write_confusion_png(counts, classes, "runs/x/confusion.png")
@@ -11,7 +11,10 @@ the predicted one (``SceneMetrics.compute()["confusion"]``, or
 ``SceneClassifier.reports[stage]["confusion"]``). ``results`` is the layout of
 :func:`sp4sc.metrics.dcase_results`: ``{"overall": {"accuracy", "logloss", ...},
 "class_wise": {scene: {...}}, "device_wise": {device: {...}}}`` with accuracies
-as fractions in [0, 1]. Both files are written atomically (a temporary file
+as fractions in [0, 1]; with its ``"confusion"`` entry, ``metrics.md`` ends with the
+10 most frequent confusions (:func:`top_confusions`). The figure follows the class
+count (:func:`sp4sc.metrics.confusion_layout`): numbers in the cells up to 20
+classes, a readable matrix without them past that. Both files are written atomically (a temporary file
 beside the target, then a rename) and drawn with matplotlib's Agg backend (no
 display needed).
 """
@@ -26,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sp4sc.errors import Sp4scError
+from sp4sc.metrics import ANNOTATE_MAX, confusion_layout, draw_matrix
 
 CONFUSION_PNG = "confusion.png"
 METRICS_MD = "metrics.md"
@@ -41,8 +45,8 @@ def _counts(counts: Any, classes: Sequence[str]) -> np.ndarray:
     return cm
 
 
-def confusion_png_bytes(counts: Any, classes: Sequence[str], title: str | None = None) -> bytes:
-    """PNG bytes of a two-panel figure: clip counts, and rows normalised to 1 (per-class recall on the diagonal)."""
+def eval_confusion_figure(counts: Any, classes: Sequence[str], title: str | None = None):
+    """The matplotlib ``Figure`` of :func:`confusion_png_bytes` (laid out by :func:`~sp4sc.metrics.confusion_layout`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -51,36 +55,65 @@ def confusion_png_bytes(counts: Any, classes: Sequence[str], title: str | None =
     cm = _counts(counts, classes)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    n = len(classes)
-    side = max(4.0, 0.45 * n + 2.0)
-    fig = Figure(figsize=(2 * side + 1.0, side + 0.6))
-    axes = fig.subplots(1, 2)
-    panels = (
-        (axes[0], cm, f"clip counts ({int(cm.sum()):,} clips)", None),
-        (axes[1], norm, "rows normalised (recall on the diagonal)", 1.0),
-    )
-    for ax, values, panel_title, vmax in panels:
-        img = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax if vmax is not None else max(1.0, values.max()))
-        ax.set_xticks(range(n), labels=list(classes), rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels=list(classes), fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(panel_title, fontsize=9)
-        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
-        if n <= 20:
-            top = values.max() if values.max() > 0 else 1.0
-            for i in range(n):
-                for j in range(n):
-                    if cm[i, j]:
-                        text = f"{int(cm[i, j])}" if vmax is None else f"{values[i, j]:.2f}"
-                        ax.text(j, i, text, ha="center", va="center", fontsize=6,
-                                color="white" if values[i, j] > 0.5 * top else "black")
+    layout = confusion_layout(len(classes), max((len(str(c)) for c in classes), default=1))
+    fig = Figure(figsize=layout.figsize, dpi=layout.dpi)
+    axes = fig.subplots(1, layout.panels, squeeze=False)[0]
+    rate_title = "rows normalised (recall on the diagonal)"
+    if layout.panels == 2:
+        draw_matrix(fig, axes[0], cm, cm, classes, layout, f"clip counts ({int(cm.sum()):,} clips)", rates=False)
+    else:
+        rate_title += f", {int(cm.sum()):,} clips; no numbers past {ANNOTATE_MAX} classes"
+    draw_matrix(fig, axes[-1], norm, cm, classes, layout, rate_title, rates=True)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def confusion_png_bytes(counts: Any, classes: Sequence[str], title: str | None = None) -> bytes:
+    """PNG bytes of the confusion figure.
+
+    Up to :data:`ANNOTATE_MAX` classes two panels side by side, clip counts and rows normalised
+    to 1 (per-class recall on the diagonal), each cell with its number; past it one panel of the
+    rows normalised, without numbers, sized by :func:`~sp4sc.metrics.confusion_layout` (the most frequent
+    confusions are listed in ``metrics.md``, :func:`top_confusions`).
+    """
+    fig = eval_confusion_figure(counts, classes, title)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=fig.dpi)
     return buf.getvalue()
+
+
+def top_confusions(counts: Any, classes: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` largest off-diagonal cells: which true class is most often taken for which.
+
+    Returns:
+        Up to ``k`` dicts ``{"true", "predicted", "count", "share"}`` (``share``: the count over
+        the true class's clips), largest count first; ties by share, then by class order.
+        Cells with no clips are left out.
+    """
+    cm = _counts(counts, classes)
+    rows = cm.sum(axis=1)
+    cells = [(cm[i, j], cm[i, j] / rows[i], i, j) for i in range(len(classes)) for j in range(len(classes))
+             if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], -c[1], c[2], c[3]))
+    return [{"true": str(classes[i]), "predicted": str(classes[j]),
+             "count": int(c) if float(c).is_integer() else float(c), "share": float(s)}
+            for c, s, i, j in cells[:k]]
+
+
+def top_confusions_md(counts: Any, classes: Sequence[str], k: int = 10) -> list[str]:
+    """Markdown lines of :func:`top_confusions`: a heading and a table (or a line saying there are none)."""
+    top = top_confusions(counts, classes, k)
+    errors = float(_counts(counts, classes).sum() - np.trace(_counts(counts, classes)))
+    lines = ["## Most frequent confusions", ""]
+    if not top:
+        return lines + ["No clip was misclassified.", ""]
+    lines += [f"{int(errors):,} clips misclassified; the {len(top)} most frequent (true → predicted) pairs, "
+              "with their share of the true class's clips:", "",
+              "| true → predicted | clips | share of the true class |", "|---|---:|---:|"]
+    lines += [f"| {t['true']} → {t['predicted']} | {t['count']} | {100 * t['share']:.1f} % |" for t in top]
+    return lines + [""]
 
 
 def write_confusion_png(counts: Any, classes: Sequence[str], path: str | os.PathLike, title: str | None = None) -> Path:
@@ -108,8 +141,13 @@ def _num(block: Mapping[str, Any] | None, key: str = "logloss") -> str:
     return "" if v is None else f"{float(v):.3f}"
 
 
-def metrics_md_text(results: Mapping[str, Any], title: str | None = None) -> str:
-    """Markdown tables of a :func:`sp4sc.metrics.dcase_results` dict: overall, per class, per device."""
+def metrics_md_text(results: Mapping[str, Any], title: str | None = None,
+                    classes: Sequence[str] | None = None) -> str:
+    """Markdown tables of a :func:`sp4sc.metrics.dcase_results` dict: overall, per class, per device.
+
+    With a ``"confusion"`` entry, the :func:`top_confusions` follow as a last table; ``classes``
+    names its rows (default: the ``class_wise`` names, when there is one per row).
+    """
     if not isinstance(results, Mapping) or not isinstance(results.get("overall"), Mapping):
         raise Sp4scError("metrics: expected the dcase_results layout {'overall': {...}, 'class_wise': ..., 'device_wise': ...}")
     o = results["overall"]
@@ -127,14 +165,21 @@ def metrics_md_text(results: Mapping[str, Any], title: str | None = None) -> str
         lines += [f"| {name} | {_pct(r)} | {_num(r)} |" for name, r in rows.items()]
     lines += ["", "Accuracy is DCASE's class-wise average (device rows: within the device's clips); "
               "log loss is the mean over clips of -log p(true class).", ""]
+    counts = results.get("confusion")
+    if counts is not None:
+        names = list(classes) if classes is not None else list(results.get("class_wise") or {})
+        if len(names) != len(counts):
+            names = [str(i) for i in range(len(counts))]
+        lines += top_confusions_md(counts, names)
     return "\n".join(lines)
 
 
-def write_metrics_md(results: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
+def write_metrics_md(results: Mapping[str, Any], path: str | os.PathLike, title: str | None = None,
+                     classes: Sequence[str] | None = None) -> Path:
     """Write ``metrics.md`` (see :func:`metrics_md_text`) atomically; returns the path."""
     from sp4sc.fileio import write_text
 
-    write_text(path, metrics_md_text(results, title))
+    write_text(path, metrics_md_text(results, title, classes))
     return Path(path)
 
 
@@ -147,7 +192,7 @@ def write_eval_report(results: Mapping[str, Any], classes: Sequence[str], folder
     ``(metrics.md, confusion.png or None when there is no confusion matrix)``.
     """
     folder = Path(folder)
-    md = write_metrics_md(results, folder / METRICS_MD, title)
+    md = write_metrics_md(results, folder / METRICS_MD, title, classes)
     counts = results.get("confusion")
     png = write_confusion_png(counts, classes, folder / CONFUSION_PNG, title) if counts is not None else None
     return md, png
