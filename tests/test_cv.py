@@ -158,3 +158,30 @@ def test_cv_figures_and_top_confusions_follow_the_class_count(tmp_path, n_classe
     width = _png_width(tmp_path / "cv.png")
     assert (width > 1000) if n_classes == 10 else (width < 800)
     assert _png_width(tmp_path / "confusion.png") < 2200
+
+
+def test_one_fold_is_reported_as_one_fold(tmp_path, monkeypatch, capsys):
+    """No +/- and no std for one fold: null in cv.json, "1 fold" in cv.md, the console and the figure title."""
+    import sp4sc.commands.cv as cv
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    results = _fake_results(3, folds=2)
+    cv.write_summaries(one, results[:1], "recipes/esc10_sp4sc.yaml", "sp4sc cv --folds 1", [1])
+    s1 = json.loads((one / "cv.json").read_text())
+    assert s1["complete"] is True and set(s1["std"].values()) == {None}
+    assert s1["mean"]["logloss"] == pytest.approx(results[0]["logloss"])
+    md = (one / "cv.md").read_text()
+    assert "+/-" not in md and "±" not in md and "1 fold: no mean or spread" in md
+    assert (one / "metrics.md").read_text().startswith("# esc10_sp4sc: 1 fold\n")
+
+    cv.write_summaries(two, results, "recipes/esc10_sp4sc.yaml", "sp4sc cv --folds 1 2", [1, 2])
+    s2 = json.loads((two / "cv.json").read_text())
+    assert s2["std"]["logloss"] == pytest.approx(0.1 / 2 ** 0.5)  # sample std of 0.6 and 0.7
+    assert "| mean +/- std (2 folds) |" in (two / "cv.md").read_text()
+    assert (two / "metrics.md").read_text().startswith("# esc10_sp4sc: 2 folds summed\n")
+
+    for summary, expected in ((s1, "1 fold: accuracy "), (s2, "2 folds: accuracy ")):
+        monkeypatch.setattr(cv, "run_cv", lambda argv, s=summary: s | {"out": "runs/cv/x"})
+        assert cv.main_argv([]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(expected) and (("+/-" in out) == (summary is s2)), out

@@ -182,3 +182,22 @@ def test_compare_row_from_a_cv_folder(tmp_path):
     (cv / "cv.json").write_text(json.dumps({**summary, "complete": False, "folds_to_do": [3, 4, 5]}))
     row = compare_cv(cv, SimpleNamespace(classes=list(SCENES)))
     assert "2 of 5 folds done" in row["name"] and "2-fold cv" not in row["name"]
+
+
+def test_compare_row_from_a_one_fold_cv_has_no_spread(tmp_path):
+    from types import SimpleNamespace
+
+    from sp4sc.constants import SCENES
+    from sp4sc.probes.sweep import compare_cv, format_tables
+
+    cv = tmp_path / "cv"
+    _sp4sc_model_file((cv / "fold1" / "checkpoints").mkdir(parents=True) or cv / "fold1" / "checkpoints" / "last.ckpt")
+    folds = [{"fold": 1, "accuracy": 0.8, "class_avg_accuracy": 0.8, "logloss": 0.6, "epochs": 40, "wall_s": 10}]
+    (cv / "cv.json").write_text(json.dumps({
+        "recipe": "recipes/esc10_sp4sc.yaml", "folds": folds, "classes": list(SCENES), "complete": True,
+        "mean": {"class_avg_accuracy": 0.8, "logloss": 0.6}, "std": {"class_avg_accuracy": None, "logloss": None}}))
+    row = compare_cv(cv, SimpleNamespace(classes=list(SCENES)))
+    assert row["accuracy_std"] is None and "cv, 1 fold" in row["name"]
+    table = format_tables({"random_init": False, "encoder": "e", "dataset": "d", "splits": {"eval": "x"},
+                           "seeds": 1, "rows": [], "cost": [], "device": "cpu", "compare": [row], "machine": "m"})
+    assert f"| {row['name']} | 80.0 | 0.600 |" in table

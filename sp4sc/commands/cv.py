@@ -11,7 +11,7 @@ a fold with ``checkpoints/last.ckpt`` but no result resumes from it
 checkpoint (the end of training, not the best epoch: the validation fold is
 the test fold here, so picking the best epoch on it would flatter the score).
 Then ``cv.json`` (per fold and mean +/- std of accuracy, class-averaged
-accuracy, log loss, epochs, wall time), ``cv.md`` (the same, and the 10 most
+accuracy, log loss, epochs, wall time; one fold has no std: ``null``), ``cv.md`` (the same, and the 10 most
 frequent confusions), ``cv.png`` (per-fold accuracy and, up to 20 classes, the
 confusion matrix summed over the folds) and ``confusion.png`` (the summed counts
 and their row-normalised rates, laid out for the class count) with
@@ -123,11 +123,23 @@ def run_fold(args: argparse.Namespace, rest: list[str], fold: int, out: Path) ->
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def folds_text(n: int) -> str:
+    """``"1 fold"``, ``"2 folds"``."""
+    return f"{n} fold" if n == 1 else f"{n} folds"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; one value has no spread (None, not 0)."""
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return mean, std
+
+
+def _pm(mean: float, std: float | None, fmt: str = "{:.3f}", scale: float = 1.0, unit: str = "") -> str:
+    """``mean +/- std`` (``mean`` alone when there is no std)."""
+    text = fmt.format(scale * mean)
+    return text + ("" if std is None else " +/- " + fmt.format(scale * std)) + unit
 
 
 METRICS = ("accuracy", "class_avg_accuracy", "logloss", "epochs", "wall_s")
@@ -136,6 +148,8 @@ METRICS = ("accuracy", "class_avg_accuracy", "logloss", "epochs", "wall_s")
 def summarise(results: list[dict[str, Any]], recipe: str, command: str,
               planned: Optional[list[int]] = None) -> dict[str, Any]:
     """Per fold and mean +/- std (sample std) of every metric, and the confusion matrix summed over folds.
+
+    With one fold the std of every metric is None (``null`` in ``cv.json``): one fold has no spread.
 
     ``planned``: every fold the run will do; while some are still to come the summary says
     ``"complete": false`` and lists them in ``"folds_to_do"``.
@@ -182,7 +196,7 @@ def pooled_results(results: list[dict[str, Any]], summary: dict[str, Any]) -> di
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """``cv.md``: one row per fold, then mean +/- std."""
+    """``cv.md``: one row per fold, then mean +/- std (with 2 folds or more), then the top confusions."""
     to_do = summary.get("folds_to_do") or []
     done = len(summary["folds"])
     title = f"# Cross-validation of `{summary['recipe']}`" + (
@@ -194,10 +208,13 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {r['fold']} | {100 * r['accuracy']:.1f} % | {100 * r['class_avg_accuracy']:.1f} % | "
                      f"{r['logloss']:.3f} | {r['epochs']} | {r['wall_s']:.0f} |")
     m, s = summary["mean"], summary["std"]
-    lines.append(f"| mean +/- std | {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} % | "
-                 f"{100 * m['class_avg_accuracy']:.1f} +/- {100 * s['class_avg_accuracy']:.1f} % | "
-                 f"{m['logloss']:.3f} +/- {s['logloss']:.3f} | {m['epochs']:.0f} | "
-                 f"{sum(r['wall_s'] for r in summary['folds']):.0f} (total) |")
+    if done > 1:
+        lines.append(f"| mean +/- std ({folds_text(done)}) | {_pm(m['accuracy'], s['accuracy'], '{:.1f}', 100, ' %')} | "
+                     f"{_pm(m['class_avg_accuracy'], s['class_avg_accuracy'], '{:.1f}', 100, ' %')} | "
+                     f"{_pm(m['logloss'], s['logloss'])} | {m['epochs']:.0f} | "
+                     f"{sum(r['wall_s'] for r in summary['folds']):.0f} (total) |")
+    else:
+        lines += ["", "1 fold: no mean or spread over folds (run more with --folds for a mean and a standard deviation)."]
     if summary.get("confusion"):
         from sp4sc.training.report import top_confusions_md
 
@@ -241,7 +258,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.bar([str(r["fold"]) for r in folds], acc, color="tab:blue", width=0.6)
     ax.set_xlim(-0.8, len(folds) - 0.2)
     ax.axhline(100 * summary["mean"]["accuracy"], color="k", ls="--", lw=1,
-               label=f"mean {100 * summary['mean']['accuracy']:.1f} %")
+               label=(f"mean {_pm(summary['mean']['accuracy'], summary['std']['accuracy'], '{:.1f}', 100, ' %')}"
+                      if len(folds) > 1 else f"fold {folds[0]['fold']}: {100 * folds[0]['accuracy']:.1f} %"))
     ax.set_xlabel("validation fold")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
@@ -281,9 +299,10 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
             from sp4sc.log import logger
 
             m = summary["mean"]
+            so_far = f", mean so far {100 * m['accuracy']:.1f} %" if len(results) > 1 else ""
             logger.info(f"fold {fold}: accuracy {100 * results[-1]['accuracy']:.1f} %, log loss "
-                        f"{results[-1]['logloss']:.3f}; {len(results)} of {len(folds)} folds done, mean so far "
-                        f"{100 * m['accuracy']:.1f} %; partial summary in {out / 'cv.md'}")
+                        f"{results[-1]['logloss']:.3f}; {len(results)} of {folds_text(len(folds))} done{so_far}; "
+                        f"partial summary in {out / 'cv.md'}")
     return summary | {"out": str(out)}
 
 
@@ -299,7 +318,7 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
     if summary.get("confusion"):
         from sp4sc.training.report import write_confusion_png, write_metrics_md
 
-        title = f"{Path(recipe).stem}: {len(results)} folds summed"
+        title = f"{Path(recipe).stem}: " + ("1 fold" if len(results) == 1 else f"{len(results)} folds summed")
         write_confusion_png(summary["confusion"], summary.get("classes") or [], out / "confusion.png", title=title)
         write_metrics_md(pooled_results(results, summary), out / "metrics.md", title=title,
                          classes=summary.get("classes"))
@@ -309,8 +328,9 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
 def main_argv(argv: list[str]) -> int:
     summary = run_cv(argv)
     m, s = summary["mean"], summary["std"]
-    print(f"{len(summary['folds'])} folds: accuracy {100 * m['accuracy']:.1f} +/- {100 * s['accuracy']:.1f} %, "
-          f"log loss {m['logloss']:.3f} +/- {s['logloss']:.3f}; {summary['out']}/cv.md, cv.json, cv.png, confusion.png, metrics.md", flush=True)
+    print(f"{folds_text(len(summary['folds']))}: accuracy {_pm(m['accuracy'], s['accuracy'], '{:.1f}', 100, ' %')}, "
+          f"log loss {_pm(m['logloss'], s['logloss'])}; {summary['out']}/cv.md, cv.json, cv.png, confusion.png, "
+          "metrics.md", flush=True)
     return 0
 
 

@@ -242,7 +242,8 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
         logger.warning(f"{bundle.name}: {RANDOM_INIT_NOTE}")
     logger.info(
         f"probe sweep: {bundle.name} ({bundle.identity[:23]}) on {data.name} at {data.root}, {len(names)} clips, "
-        f"{len(data.folds)} fold(s), dt {list(cfg.dts)} s, {cfg.seeds} seed(s), device {device}"
+        f"{len(data.folds)} fold{'s' if len(data.folds) != 1 else ''}, dt {list(cfg.dts)} s, "
+        f"{cfg.seeds} seed{'s' if cfg.seeds != 1 else ''}, device {device}"
     )
     rows, cost = [], []
     eval_windows: dict[float, float] = {}
@@ -439,13 +440,14 @@ def compare_cv(folder: str | os.PathLike, data: StudyData) -> dict:
         logger.warning(f"--compare {folder}: the cross-validation is not finished (folds "
                        f"{' '.join(map(str, todo))} still to run); its row covers {span}")
     else:
-        span = f"{len(folds)}-fold cv"
+        span = f"{len(folds)}-fold cv" if len(folds) > 1 else "cv, 1 fold"
     return {
         "name": f"{loaded.name} from scratch ({span}, {Path(summary['recipe']).name})",
         "kind": "cv",
         "checkpoint": str(folder),
         "accuracy": float(summary["mean"]["class_avg_accuracy"]),
-        "accuracy_std": float(summary["std"]["class_avg_accuracy"]),
+        "accuracy_std": None if (summary.get("std") or {}).get("class_avg_accuracy") is None  # 1 fold: no spread
+        else float(summary["std"]["class_avg_accuracy"]),
         "logloss": float(summary["mean"]["logloss"]),
         "params": int(params),
         "macs_per_clip": float(macs),
