@@ -155,3 +155,65 @@ def test_edge_runner_equals_sp4sc_infer_for_cpmobile(tmp_path, capsys):
         res = run_edge("--model", str(out / model), "--json", "--pad", "silence", *files)
         assert res.returncode == 0, res.stderr
         assert np.abs(np.array(json.loads(res.stdout)["probs"]) - np.array(ref["probs"])).max() <= 1e-4, model
+
+
+# CPJKU/dcase2024_task1_baseline README, "Baseline Complexity": (layer, input shape, params, MACs), one row per
+# Conv2dNormActivation (conv + BN [+ ReLU]) and per head layer; totals 61,148 and 29,419,156.
+README_TABLE = [
+    ("in_c.0", [1, 1, 256, 65], 88, 304_144),
+    ("in_c.1", [1, 8, 128, 33], 2_368, 2_506_816),
+    *[row for b in ("b1", "b2") for row in (
+        (f"stages.s1.{b}.block.0", [1, 32, 64, 17], 2_176, 2_228_352),
+        (f"stages.s1.{b}.block.1", [1, 64, 64, 17], 704, 626_816),
+        (f"stages.s1.{b}.block.2", [1, 64, 64, 17], 2_112, 2_228_288))],
+    ("stages.s1.b3.block.0", [1, 32, 64, 17], 2_176, 2_228_352),
+    ("stages.s1.b3.block.1", [1, 64, 64, 17], 704, 331_904),
+    ("stages.s1.b3.block.2", [1, 64, 64, 9], 2_112, 1_179_712),
+    ("stages.s2.b4.block.0", [1, 32, 64, 9], 2_176, 1_179_776),
+    ("stages.s2.b4.block.1", [1, 64, 64, 9], 704, 166_016),
+    ("stages.s2.b4.block.2", [1, 64, 32, 9], 3_696, 1_032_304),
+    ("stages.s2.b5.block.0", [1, 56, 32, 9], 6_960, 1_935_600),
+    ("stages.s2.b5.block.1", [1, 120, 32, 9], 1_320, 311_280),
+    ("stages.s2.b5.block.2", [1, 120, 32, 9], 6_832, 1_935_472),
+    ("stages.s3.b6.block.0", [1, 56, 32, 9], 6_960, 1_935_600),
+    ("stages.s3.b6.block.1", [1, 120, 32, 9], 1_320, 311_280),
+    ("stages.s3.b6.block.2", [1, 120, 32, 9], 12_688, 3_594_448),
+    ("feed_forward.0", [1, 104, 32, 9], 1_040, 299_520),
+    ("feed_forward.1", [1, 10, 32, 9], 20, 20),
+]
+
+
+def test_nessi_table_equals_the_baseline_readme():
+    from sp4sc.deploy.complexity import macs_nessi, macs_torchinfo, nessi_table
+
+    m = create_model("cpmobile")
+    rows = nessi_table(m, (1, 1, 65, 256))
+    grouped: dict[str, list] = {}
+    for row in rows:  # conv + BN of one Conv2dNormActivation -> one README row
+        key = row["name"] if row["name"].startswith("feed_forward") else row["name"].rsplit(".", 1)[0]
+        g = grouped.setdefault(key, [row["input_shape"], 0, 0])
+        g[1] += row["params"]
+        g[2] += row["macs"]
+    assert [(k, *v) for k, v in grouped.items()] == README_TABLE
+    assert sum(r[2] for r in README_TABLE) == 61_148 and sum(r[3] for r in README_TABLE) == 29_419_156
+    assert macs_nessi(m, (1, 1, 65, 256)) == 29_419_156
+    # NeSsi is torchinfo's mult-add count of the unfolded model (the baseline calls torchinfo.summary)
+    assert macs_torchinfo(m, (1, 1, 65, 256)) == 29_419_156
+    # a depthwise conv is charged its 3x3 weights per channel and output position, BN 2 x channels (README example)
+    b3 = [r for r in rows if r["name"].startswith("stages.s1.b3.block.1.")]
+    assert [(r["type"], r["macs"]) for r in b3] == [("Conv2d", 1 * 64 * 3 * 3 * 64 * 9), ("BatchNorm2d", 128)]
+
+
+def test_complexity_command_prints_both_totals(capsys):
+    from sp4sc.cli import main as cli_main
+
+    assert cli_main(["complexity", "--model", "cpmobile", "--duration", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "unfolded            61,148 parameters" in out
+    nessi = [ln for ln in out.splitlines() if "NeSsi (DCASE 2022-2025) 29,419,156" in ln]
+    assert len(nessi) == 1 and "unfolded model" in nessi[0]
+    assert "thop 29,437,770" in out and "torchinfo 30,216,768" in out and "folded model" in out  # labelled beside it
+    assert cli_main(["complexity", "--model", "cpmobile", "--duration", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["params_unfolded"], report["macs_nessi"], report["macs_1s_nessi"]) == (61_148, 29_419_156, 29_419_156)
+    assert report["input_shape"] == [1, 1, 65, 256] and report["nessi_model"] == "unfolded"

@@ -16,6 +16,12 @@ Conventions (DCASE 2021 Task 1A, as in CPJKU's ``helpers/complexity.py`` idea):
   output positions, i.e. bias charged at every position; linear: weight + bias),
   the counter of DCASE 2022+ tables. The optional MAC budget (DCASE 2022+: 30 M
   for a 1 s clip) is checked against torchinfo's count for a 1 s input.
+- MACs under the DCASE 2022-2025 (NeSsi) convention, :func:`macs_nessi`, on the
+  model as given (unfolded, with its BatchNorms, as the official baselines count):
+  each convolution's (weight + bias) x output positions, plus the parameters of
+  every other layer that has some (2 x channels per BatchNorm, weight + bias per
+  linear layer); activations, pooling and additions are free. The DCASE 2024
+  baseline (``cpmobile``) gives 61,148 parameters and 29,419,156 MACs for 1 s.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ __all__ = [
     "complexity_report",
     "count_params",
     "format_report",
+    "macs_nessi",
     "macs_thop",
     "macs_torchinfo",
+    "nessi_table",
 ]
 
 
@@ -87,6 +95,74 @@ def macs_torchinfo(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         m, input_size=input_shape, dtypes=[param.dtype], device=param.device, verbose=0, mode="eval"
     )
     return int(stats.total_mult_adds)
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy computing with its own modules (SP4SC's fast and CPU paths off), so hooks see every layer."""
+    m = copy.deepcopy(model).eval()
+    if callable(getattr(m, "set_fast", None)):
+        m.set_fast(False)
+    if callable(getattr(m, "set_cpu_path", None)):
+        m.set_cpu_path(False)
+    return m
+
+
+def nessi_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per-layer parameters and MACs under the DCASE 2022-2025 (NeSsi) convention, in call order.
+
+    NeSsi (AlbertoAncilotto/NeSsi, which the CPJKU DCASE 2024/2025 baselines call through
+    ``torchinfo.summary(...).total_mult_adds``) charges a convolution its (weight + bias)
+    parameters once per output position (times the batch), and any other layer with
+    parameters (BatchNorm: 2 x channels, linear: weight + bias, the folded per-mel affine)
+    its parameter count once per batch item; layers without parameters (ReLU, pooling,
+    additions) cost nothing. The model is counted as given: pass it unfolded, as the
+    challenge's tables do.
+
+    Args:
+        model: any module; it is run once on zeros of ``input_shape`` (a copy, in eval mode).
+        input_shape: e.g. ``(1, 1, frames, mels)``.
+
+    Returns:
+        One dict per call of a layer with parameters: ``name`` (module path), ``type``,
+        ``input_shape``, ``output_shape``, ``params`` and ``macs``.
+    """
+    m = _plain_copy(model)
+    rows: list[dict[str, Any]] = []
+
+    def hook(name: str):
+        def count(module: nn.Module, inputs, output) -> None:
+            n = sum(p.numel() for p in module.parameters(recurse=False))
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            batch = int(out.shape[0]) if out.dim() else 1
+            if isinstance(module, nn.modules.conv._ConvNd):
+                macs = n * batch * math.prod(int(d) for d in out.shape[2:])
+            else:
+                macs = n * batch
+            first = inputs[0] if inputs else None
+            rows.append({"name": name, "type": type(module).__name__,
+                         "input_shape": list(first.shape) if isinstance(first, torch.Tensor) else None,
+                         "output_shape": list(out.shape), "params": int(n), "macs": int(macs)})
+        return count
+
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in m.named_modules()
+               if any(True for _ in mod.parameters(recurse=False))]
+    try:
+        param = next(m.parameters())
+        with torch.no_grad():
+            m(torch.zeros(input_shape, dtype=param.dtype, device=param.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def macs_nessi(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Total MACs of one forward pass on ``input_shape`` under the DCASE 2022-2025 (NeSsi) convention.
+
+    See :func:`nessi_table` for the convention; count the unfolded model, as the
+    official baselines do (``cpmobile`` on ``(1, 1, 65, 256)``: 29,419,156).
+    """
+    return int(sum(row["macs"] for row in nessi_table(model, input_shape)))
 
 
 def complexity_report(
@@ -147,10 +223,15 @@ def complexity_report(
         "input_shape_1s": list(shape_1s),
         "macs_1s_thop": None,
         "macs_1s_torchinfo": None,
+        "macs_nessi": None,
+        "macs_1s_nessi": None,
+        "nessi_model": "folded" if was_folded else "unfolded",
         "counters": (
             "parameters and bytes of the folded float model (buffers excluded); MACs of the folded model for one "
             "clip: thop 0.1.1 (conv/linear multiply-adds, no bias, +1 per avg-pool output and per input-affine "
-            "element) and torchinfo (conv bias charged at every output position)"
+            "element) and torchinfo (conv bias charged at every output position); NeSsi (DCASE 2022-2025) MACs "
+            "of the model as given, unfolded unless it came folded (conv weights x output positions + 2 x "
+            "channels per BatchNorm)"
         ),
     }
     if count_macs:
@@ -159,12 +240,15 @@ def complexity_report(
             raise Sp4scError(f"--duration: {duration:g} s gives {frames} frames, the model needs at least {frames_min}")
         report["macs_thop"] = macs_thop(folded, shape)
         report["macs_torchinfo"] = macs_torchinfo(folded, shape)
+        report["macs_nessi"] = macs_nessi(model, shape)
         if shape_1s[2] >= frames_min:
             if shape_1s == shape:
                 report["macs_1s_thop"], report["macs_1s_torchinfo"] = report["macs_thop"], report["macs_torchinfo"]
+                report["macs_1s_nessi"] = report["macs_nessi"]
             else:
                 report["macs_1s_thop"] = macs_thop(folded, shape_1s)
                 report["macs_1s_torchinfo"] = macs_torchinfo(folded, shape_1s)
+                report["macs_1s_nessi"] = macs_nessi(model, shape_1s)
     return report
 
 
@@ -240,12 +324,19 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("macs_thop") is not None:
         lines.append(
             f"MACs {report['duration']:g} s clip      thop {report['macs_thop']:,} ({_si(report['macs_thop'])}) | "
-            f"torchinfo {report['macs_torchinfo']:,} ({_si(report['macs_torchinfo'])}), input {tuple(report['input_shape'])}"
+            f"torchinfo {report['macs_torchinfo']:,} ({_si(report['macs_torchinfo'])}), folded model, "
+            f"input {tuple(report['input_shape'])}"
+        )
+    if report.get("macs_nessi") is not None:
+        lines.append(
+            f"MACs {report['duration']:g} s clip      NeSsi (DCASE 2022-2025) {report['macs_nessi']:,} "
+            f"({_si(report['macs_nessi'])}), {report.get('nessi_model', 'unfolded')} model: conv weights x output "
+            "positions + 2 x channels per BatchNorm"
         )
     if report.get("macs_1s_torchinfo") is not None and report["input_shape_1s"] != report["input_shape"]:
         lines.append(
-            f"MACs 1 s clip       thop {_si(report['macs_1s_thop'])} | torchinfo {_si(report['macs_1s_torchinfo'])}, "
-            f"input {tuple(report['input_shape_1s'])}"
+            f"MACs 1 s clip       thop {_si(report['macs_1s_thop'])} | torchinfo {_si(report['macs_1s_torchinfo'])} | "
+            f"NeSsi (DCASE 2022-2025) {_si(report.get('macs_1s_nessi'))}, input {tuple(report['input_shape_1s'])}"
         )
     return "\n".join(lines)
 
