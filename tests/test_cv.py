@@ -185,3 +185,29 @@ def test_one_fold_is_reported_as_one_fold(tmp_path, monkeypatch, capsys):
         assert cv.main_argv([]) == 0
         out = capsys.readouterr().out
         assert out.startswith(expected) and (("+/-" in out) == (summary is s2)), out
+
+
+def test_recipe_is_named_relative_to_the_project(tmp_path, monkeypatch):
+    """A recipe inside the project is named recipes/<name>.yaml in cv.json and cv.md, however it was typed."""
+    import sp4sc.commands.cv as cv
+
+    data = make_esc_toy(tmp_path / "esc", folds=2, per_class=1)
+    fake = {r["fold"]: r for r in _fake_results(2, folds=2)}
+    monkeypatch.setattr(cv, "run_fold", lambda args, rest, fold, out: fake[fold])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working folder is not the project
+    absolute = str(ROOT / "recipes" / "esc10_sp4sc.yaml")
+    summary = cv.run_cv(["--config", absolute, "--data.root", str(data), "--folds", "1", "2",
+                         "--out", str(tmp_path / "out")])
+    assert summary["recipe"] == "recipes/esc10_sp4sc.yaml"
+    saved = json.loads((tmp_path / "out" / "cv.json").read_text())
+    assert saved["recipe"] == "recipes/esc10_sp4sc.yaml" and absolute not in saved["command"]
+    assert "--config recipes/esc10_sp4sc.yaml" in saved["command"]
+    md = (tmp_path / "out" / "cv.md").read_text()
+    assert md.startswith("# Cross-validation of `recipes/esc10_sp4sc.yaml`") and absolute not in md
+    # a recipe outside the project keeps its full path
+    own = tmp_path / "mine.yaml"
+    own.write_text((ROOT / "recipes" / "esc10_sp4sc.yaml").read_text())
+    assert cv.recipe_label(str(own)) == str(own.resolve())
+    assert cv.recipe_label("../elsewhere/../mine.yaml") == str(own.resolve())

@@ -67,6 +67,25 @@ def _check_overrides(rest: list[str]) -> None:
                              "(e.g. --trainer.max_epochs 50)")
 
 
+def project_root() -> Path | None:
+    """The sp4sc checkout this package runs from (the folder with ``pyproject.toml`` and ``recipes/``), if any."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "recipes").is_dir() else None
+
+
+def recipe_label(path: str) -> str:
+    """How ``cv.md`` and ``cv.json`` name a recipe: relative to the project root when it lies inside it.
+
+    ``/home/me/sp4sc/recipes/esc10_sp4sc.yaml`` -> ``recipes/esc10_sp4sc.yaml``; a recipe
+    elsewhere is named relative to the working folder when inside it, else by its absolute path.
+    """
+    full = Path(path).resolve()
+    for base in (project_root(), Path.cwd().resolve()):
+        if base is not None and full.is_relative_to(base):
+            return full.relative_to(base).as_posix()
+    return str(full)
+
+
 def _fold_args(args: argparse.Namespace, rest: list[str], fold: int, fold_dir: Path) -> list[str]:
     return ["--config", args.config, "--data.root", args.data_root, *rest, "--data.fold", str(fold),
             "--trainer.default_root_dir", str(fold_dir)]
@@ -290,11 +309,14 @@ def run_cv(argv: list[str]) -> dict[str, Any]:
     if any(f < 1 for f in folds):
         raise Sp4scError(f"--folds {args.folds}: folds are numbered from 1")
     out = Path(args.out) if args.out else Path("runs") / "cv" / Path(args.config).stem
-    command = "sp4sc cv " + " ".join(shlex.quote(a) for a in argv)
+    recipe = recipe_label(args.config)
+    shown = [recipe if i and argv[i - 1] == "--config" and a == args.config
+             else f"--config={recipe}" if a == f"--config={args.config}" else a for i, a in enumerate(argv)]
+    command = "sp4sc cv " + " ".join(shlex.quote(a) for a in shown)
     results: list[dict[str, Any]] = []
     for fold in folds:
         results.append(run_fold(args, rest, fold, out))
-        summary = write_summaries(out, results, args.config, command, folds)
+        summary = write_summaries(out, results, recipe, command, folds)
         if not summary["complete"]:  # a long run shows where it stands after every fold
             from sp4sc.log import logger
 
