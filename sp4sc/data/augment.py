@@ -14,6 +14,20 @@ closest stand-in for "zero after normalisation"). ``fill="zero"`` writes 0.
 mixup (Zhang et al., 2018) as SP4ASC's ``MixUp``: one mixing weight per batch
 drawn from Beta(alpha, alpha), the batch mixed with a random permutation of
 itself, inputs and one-hot targets alike.
+
+Frequency-MixStyle (Schmid et al., DCASE 2022 Workshop; the definition of the
+CPJKU DCASE 2024 Task 1 baseline's ``helpers/utils.py::mixstyle``, facts only):
+with probability ``p`` per batch, each clip's log-mel is standardised per
+frequency bin (mean and standard deviation over time, gradients blocked through
+the statistics) and given the statistics ``lam * own + (1 - lam) * other's`` of
+another clip of the batch (a random permutation), ``lam ~ Beta(alpha, alpha)``
+per clip. Labels are untouched: it perturbs the device's frequency response.
+
+Time rolling (the baseline's ``RollDataset``: each training waveform rolled
+circularly by a uniform whole number of samples in ``[-roll, roll]``): sp4sc
+trains on cached log-mels, so :func:`roll_time` rolls each clip's frames
+circularly by a uniform whole number of frames, the waveform roll by a
+multiple of the hop (the frames at the seam differ).
 """
 
 from __future__ import annotations
@@ -182,3 +196,71 @@ def random_crop(
     offsets = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)  # (batch,)
     crops = torch.stack([x[i, :, int(o) : int(o) + frames] for i, o in enumerate(offsets)])
     return crops, offsets
+
+
+def mix_frequency_stats(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Give each clip the per-frequency statistics ``lam * own + (1 - lam) * x[perm]``'s (the MixStyle step).
+
+    Args:
+        x: log-mels ``(batch, 1, frames, mels)``.
+        perm: the other clip of each clip, ``(batch,)`` indices.
+        lam: mixing weights, ``(batch,)`` in [0, 1].
+        eps: added to the variance before the square root.
+
+    Returns:
+        ``(x - mu) / sig * sig_mix + mu_mix`` with ``mu``, ``sig`` each clip's mean and
+        standard deviation over time (and channel) per mel bin, detached; ``mu_mix``,
+        ``sig_mix`` the ``lam``-mixtures of the clip's and its partner's.
+    """
+    if x.dim() != 4:
+        raise Sp4scError(f"mixstyle: expected (batch, 1, frames, mels), got shape {tuple(x.shape)}")
+    mu = x.mean(dim=(1, 2), keepdim=True).detach()  # (batch, 1, 1, mels)
+    sig = (x.var(dim=(1, 2), keepdim=True) + eps).sqrt().detach()  # (batch, 1, 1, mels), unbiased variance
+    lam = lam.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)  # (batch, 1, 1, 1)
+    perm = perm.to(x.device)
+    mu_mix = mu * lam + mu[perm] * (1.0 - lam)
+    sig_mix = sig * lam + sig[perm] * (1.0 - lam)
+    return (x - mu) / sig * sig_mix + mu_mix  # (batch, 1, frames, mels)
+
+
+def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, generator: torch.Generator | None = None,
+                  eps: float = 1e-6) -> torch.Tensor:
+    """Frequency-MixStyle of a training batch (see the module docstring); ``p <= 0`` returns ``x`` itself.
+
+    Args:
+        x: log-mels ``(batch, 1, frames, mels)``.
+        p: probability that this batch is mixed (one draw per batch, as the baseline).
+        alpha: Beta(alpha, alpha) parameter of the per-clip weights (the baseline: 0.3).
+        generator: torch generator of all draws (None: torch's global generator).
+        eps: variance floor.
+    """
+    if p <= 0 or x.shape[0] < 2:
+        return x
+    if alpha <= 0:
+        raise Sp4scError(f"mixstyle: alpha {alpha} must be > 0 (Beta(alpha, alpha) weights)")
+    if float(torch.rand((), generator=generator)) >= p:
+        return x
+    perm = torch.randperm(x.shape[0], generator=generator)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())  # Beta draws through numpy, same seed
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=x.shape[0]))
+    return mix_frequency_stats(x, perm, lam, eps)
+
+
+def roll_time(x: torch.Tensor, max_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Roll each clip circularly along time by its own uniform shift in ``[-max_frames, max_frames]``.
+
+    Args:
+        x: log-mels ``(batch, 1, frames, mels)``.
+        max_frames: largest shift; 0 returns ``x`` itself.
+        generator: torch generator of the shifts.
+    """
+    if max_frames <= 0:
+        return x
+    if x.dim() != 4:
+        raise Sp4scError(f"roll_time: expected (batch, 1, frames, mels), got shape {tuple(x.shape)}")
+    b, _, t, _ = x.shape
+    shifts = torch.randint(-int(max_frames), int(max_frames) + 1, (b,), generator=generator)  # (batch,)
+    # rolled[i, :, j] = x[i, :, (j - shift_i) mod t], as torch.roll(x[i], shift_i, dims=1)
+    index = (torch.arange(t).view(1, t) - shifts.view(b, 1)) % t  # (batch, frames)
+    index = index.to(x.device).view(b, 1, t, 1).expand(-1, x.shape[1], -1, x.shape[3])
+    return torch.gather(x, 2, index)  # (batch, 1, frames, mels)

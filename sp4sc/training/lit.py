@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sp4sc.constants import DEVICES
-from sp4sc.data.augment import SpecAugment, mixup, mixup_draw, random_crop
+from sp4sc.data.augment import SpecAugment, freq_mixstyle, mixup, mixup_draw, random_crop, roll_time
 from sp4sc.errors import Sp4scError
 from sp4sc.metrics import StageEvaluation
 
@@ -198,6 +198,13 @@ class SceneClassifier(pl.LightningModule):
         mixup_alpha: Beta(alpha, alpha) mixup; 0 disables it.
         spec_augment: ``[time width, time stripes, freq width, freq stripes]``; None or [] disables it.
         spec_augment_fill: ``"mean"`` (each example's per-mel mean) or ``"zero"``.
+        mixstyle_p: Frequency-MixStyle (:func:`sp4sc.data.augment.freq_mixstyle`): probability that a
+            training batch gets each clip's per-frequency statistics mixed with another clip's
+            (the DCASE 2024 baseline: 0.4); 0 (default) turns it off.
+        mixstyle_alpha: Beta(alpha, alpha) of the MixStyle weights (the baseline: 0.3).
+        roll_sec: roll each training clip circularly along time by a uniform shift of up to this many
+            seconds, in whole frames (:func:`sp4sc.data.augment.roll_time`; the baseline rolls its
+            waveforms by up to 0.1 s); 0 (default) turns it off.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         eta_min: learning rate reached at the end of the cosine schedule.
@@ -257,6 +264,9 @@ class SceneClassifier(pl.LightningModule):
         mixup_alpha: float = 0.0,
         spec_augment: Optional[list[int]] = None,
         spec_augment_fill: str = "mean",
+        mixstyle_p: float = 0.0,
+        mixstyle_alpha: float = 0.3,
+        roll_sec: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         eta_min: float = 1e-5,
@@ -279,6 +289,11 @@ class SceneClassifier(pl.LightningModule):
             raise Sp4scError(f"--model.loss {loss!r}: choose one of {list(LOSSES)}")
         if mixup_alpha < 0:
             raise Sp4scError(f"--model.mixup_alpha {mixup_alpha}: must be >= 0 (0 disables mixup)")
+        if not 0.0 <= mixstyle_p <= 1.0 or (mixstyle_p > 0 and not mixstyle_alpha > 0):
+            raise Sp4scError(f"--model.mixstyle_p {mixstyle_p} / --model.mixstyle_alpha {mixstyle_alpha}: need "
+                             "0 <= p <= 1 (0 turns Frequency-MixStyle off) and alpha > 0")
+        if not roll_sec >= 0:
+            raise Sp4scError(f"--model.roll_sec {roll_sec}: must be >= 0 seconds (0 turns time rolling off)")
         if lr <= 0 or eta_min < 0 or weight_decay < 0:
             raise Sp4scError("--model.lr must be > 0, --model.eta_min and --model.weight_decay >= 0")
         if not 0.0 <= kd_lambda <= 1.0:
@@ -512,6 +527,12 @@ class SceneClassifier(pl.LightningModule):
         n = max(1, int(round(seconds / self._frame_seconds())))
         return n if n < frames else None
 
+    def _roll_frames(self) -> int:
+        """Largest ``roll_sec`` shift in whole frames of the front end."""
+        if self.frontend_cfg is None:
+            raise Sp4scError("--model.roll_sec needs the front end's frame rate (train through a SceneDataModule)")
+        return int(round(self.hparams["roll_sec"] * self.frontend_cfg.sample_rate / self.frontend_cfg.hop_length))
+
     def _frame_seconds(self) -> float:
         """Seconds between two log-mel frames of the front end."""
         if self.frontend_cfg is None:
@@ -672,6 +693,8 @@ class SceneClassifier(pl.LightningModule):
         crop, offsets = self._crop_frames(x.shape[2]), None
         if crop is not None:
             x, offsets = random_crop(x, crop, g)  # (batch, 1, crop, mels), (batch,)
+        if self.hparams.get("roll_sec", 0.0) > 0:  # within the crop: teacher targets of the crop still hold
+            x = roll_time(x, self._roll_frames(), g)  # (batch, 1, frames, mels)
         embedding = None
         if self.kd_config is not None and self.kd_config.online:
             x, target, teacher = self._online_mixup(batch, x, target, g)
@@ -679,6 +702,8 @@ class SceneClassifier(pl.LightningModule):
             x, target, teacher, embedding = self._mixup(batch, x, target, g, offsets, crop or 0)
         if self.spec_augment is not None:  # after mixup, as SP4ASC (mixup on inputs, SpecAugment in the net)
             x = self.spec_augment(x, generator=g)
+        if self.hparams.get("mixstyle_p", 0.0) > 0:  # after masking, as the DCASE 2024 baseline
+            x = freq_mixstyle(x, self.hparams["mixstyle_p"], self.hparams["mixstyle_alpha"], g)
         out = self._train_forward(x)
         logits, features = out if self.kd_embed_head is not None else (out, None)
         if teacher is None:
