@@ -45,6 +45,34 @@ def test_apply_rules_with_a_stand_in_counter(monkeypatch):
     assert "29,000,000 MACs <= 30,000,000? (96.7 % of the limit) ok" in cx.format_rules(v)
 
 
+def test_cpmobile_passes_dcase2024(capsys):
+    _needs_nessi()
+    assert main(["complexity", "--rules", "dcase2024", "--model", "cpmobile", "--duration", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rules"]["within"] and out["rules"]["edition"] == "dcase2024"
+    # the DCASE 2024 baseline's published figure (README "Baseline Complexity": 29,419,156 MACs, NeSsi)
+    assert out["macs_1s_nessi"] == 29_419_156
+    assert out["rules"]["bytes"] <= 128_000
+
+
+def test_sp4sc_at_the_2024_front_end_states_macs_against_30m(capsys):
+    _needs_nessi()
+    code = main(["complexity", "--rules", "dcase2024", "--model", "sp4sc", "--frontend", "dcase2024", "--duration", "1"])
+    out = capsys.readouterr().out
+    assert "MACs 1 s (nessi)" in out and "<= 30,000,000?" in out and "% of the limit" in out
+    assert "rules               dcase2024" in out and "bytes (fp16)        124,948 bytes <= 128,000?" in out
+    assert code == (0 if "verdict             within" in out else 3)
+
+
+def test_over_the_limit_exits_3(capsys):
+    _needs_nessi()
+    code = main(["complexity", "--rules", "dcase2025", "--model", "cpmobile", "--duration", "1", "--max-macs", "1M"])
+    captured = capsys.readouterr()
+    assert code == 3 and "over the dcase2025 limits" in captured.err and "MACs per 1 s clip (nessi)" in captured.err
+    assert main(["complexity", "--rules", "dcase2024", "--model", "cpmobile", "--precision", "fp32"]) == 3
+    assert "bytes at fp32 > limit 128,000" in capsys.readouterr().err
+
+
 def test_dcase2021_is_unchanged(capsys):
     assert main(["complexity", "--model", "sp4sc", "--no-macs"]) == 0
     assert "within (65,536 params, 131,072 bytes at fp16)" in capsys.readouterr().out
