@@ -1,4 +1,9 @@
-"""``sp4sc validate-submission DIR [--eval-root PATH | --rows N] [--official] [--json]``.
+"""``sp4sc validate-submission DIR [--edition 2021|2024|2025] [--eval-root PATH | --rows N] [--official] [--json]``.
+
+``--edition 2024`` / ``2025`` checks a DCASE 2024 / 2025 Task 1 package
+(:func:`sp4sc.challenge.editions.validate_edition`): 2024 needs the five
+``.output.split_N.csv`` files and, without ``--eval-root``, the 135,730 files of
+the 2024 evaluation set; 2025 needs ``complexity.json`` within the limits per device.
 
 Prints one line per violation (``file:line: message [rule]``; rules the
 organisers' validator does not enforce are marked "stricter than the official
@@ -18,6 +23,8 @@ EXIT_INVALID = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="package folder <label>/ holding <label>.output.csv and <label>.meta.yaml")
+    parser.add_argument("--edition", choices=("2021", "2024", "2025"), default="2021",
+                        help="DCASE edition of the package (default 2021 Task 1A)")
     parser.add_argument("--eval-root", metavar="PATH",
                         help="TAU evaluation folder: the output must list exactly the files of its evaluation_setup/fold1_test.csv")
     parser.add_argument("--rows", type=int, default=None, metavar="N",
@@ -44,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError("--rows and --eval-root: give one (--eval-root checks the exact list of files)")
     if args.official and args.strict:
         raise Sp4scError("--official and --strict: give one (--strict turns sp4sc's warnings into violations)")
+    if getattr(args, "edition", "2021") != "2021":
+        return _run_edition(args, tol)
     report = validate_submission(args.directory, eval_root=args.eval_root, sum_tol=tol, strict=args.strict,
                                  official=args.official, rows=EVAL_ROWS if args.rows is None else args.rows)
     if args.json:
@@ -66,4 +75,27 @@ def run(args: argparse.Namespace) -> int:
                  "rules only)" if stricter else "")
         print(f"INVALID: {report.directory}: {len(report.violations)} violation(s){split}, "
               f"{len(report.warnings)} warning(s); {rules}")
+    return 0 if report.ok else EXIT_INVALID
+
+
+def _run_edition(args: argparse.Namespace, tol: float) -> int:
+    from sp4sc.challenge.editions import validate_edition
+
+    report = validate_edition(args.directory, args.edition, eval_root=args.eval_root, rows=args.rows,
+                              official=args.official, sum_tol=tol, strict=args.strict)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.ok else EXIT_INVALID
+    for v in report.violations:
+        print(str(v))
+    for w in report.warnings:
+        print(f"warning: {w}")
+    for rule, why in report.stricter_reasons().items():
+        print(f"stricter rule [{rule}]: {why}")
+    rules = "the organisers' rules only" if report.official_only else "the organisers' rules and sp4sc's stricter ones"
+    if report.ok:
+        print(f"OK: {report.directory} is a valid DCASE {args.edition} Task 1 package ({report.rows} rows, "
+              f"{len(report.warnings)} warnings; {rules})")
+    else:
+        print(f"INVALID: {report.directory}: {len(report.violations)} violation(s), {len(report.warnings)} warning(s); {rules}")
     return 0 if report.ok else EXIT_INVALID
