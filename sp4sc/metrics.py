@@ -106,7 +106,9 @@ def dcase_results(
     Returns:
         ``{"overall": {"accuracy", "logloss"}, "class_wise": {scene: {"accuracy", "logloss"}},
         "device_wise": {device: {"accuracy", "logloss"}}}`` with the DCASE meanings
-        (accuracy = class-wise average), plus ``"overall"["micro_accuracy"]``.
+        (accuracy = class-wise average), plus ``"overall"["micro_accuracy"]``. ``device_wise``
+        is empty when no clip names its device (ESC-50, a toy set, TAU's evaluation set); clips
+        without a device (None or "") among named ones form an ``"unknown"`` row.
     """
     p, _ = _as_probs(probs, eps)
     y = np.asarray(y_true, dtype=np.int64)
@@ -129,8 +131,8 @@ def dcase_results(
         sel = y == c
         if sel.any():
             out["class_wise"][name] = {"accuracy": float(cw_acc[c]), "logloss": float(nll[sel].mean())}
-    if devices is not None:
-        dev = np.asarray([UNKNOWN_DEVICE if d is None else str(d) for d in devices])
+    dev = np.asarray([str(d) if d else UNKNOWN_DEVICE for d in devices]) if devices is not None else None
+    if dev is not None and (dev != UNKNOWN_DEVICE).any():  # device rows only when the data names devices
         for name in dict.fromkeys(dev.tolist()):
             sel = dev == name
             out["device_wise"][name] = {
@@ -225,7 +227,11 @@ class SceneMetrics(Metric):
         }
 
     def report(self, classes: Sequence[str]) -> dict[str, Any]:
-        """:meth:`compute` as the nested dict of :func:`dcase_results` (plain floats)."""
+        """:meth:`compute` as the nested dict of :func:`dcase_results` (plain floats).
+
+        ``device_wise`` is empty when no clip came with a known device (ESC-50, a toy set):
+        a single "unknown" row would only repeat the overall numbers.
+        """
         r = self.compute()
         out: dict[str, Any] = {
             "overall": {"accuracy": float(r["macro_acc"]), "micro_accuracy": float(r["acc"]),
@@ -237,10 +243,12 @@ class SceneMetrics(Metric):
             if not torch.isnan(r["class_acc"][c]):
                 out["class_wise"][name] = {"accuracy": float(r["class_acc"][c]),
                                            "logloss": float(r["class_logloss"][c])}
+        # torchmetrics squeezes one-element results to 0-d: keep the per-device vectors 1-d
+        count, acc, ll = (r[k].reshape(-1) for k in ("device_count", "device_acc", "device_logloss"))
+        named = bool(count[:-1].sum() > 0)  # device rows only when the data names devices
         for d, name in enumerate([*self.device_names, UNKNOWN_DEVICE]):
-            if r["device_count"][d] > 0:
-                out["device_wise"][name] = {"accuracy": float(r["device_acc"][d]),
-                                            "logloss": float(r["device_logloss"][d])}
+            if named and count[d] > 0:
+                out["device_wise"][name] = {"accuracy": float(acc[d]), "logloss": float(ll[d])}
         return out
 
 
@@ -382,7 +390,7 @@ class StageEvaluation(torch.nn.Module):
 
     One :class:`SceneMetrics` per stage (DDP-synced), the device-name index that turns a
     batch's device names into metric rows, and the end-of-stage work: log the scalars
-    (overall, per class, per device), build the report (:func:`dcase_results` layout plus
+    (overall, per class, per device when the data names devices), build the report (:func:`dcase_results` layout plus
     ``"confusion"``) and add the confusion figure to TensorBoard.
 
     Args:
@@ -398,9 +406,14 @@ class StageEvaluation(torch.nn.Module):
         self.reports: dict[str, dict[str, Any]] = {}
 
     def configure(self, num_classes: int, devices: Sequence[str], known: Sequence[str] = ()) -> None:
-        """Set the class count and the device names (the data's first, then ``known`` ones not listed)."""
-        names = [str(d) for d in devices if d is not None]
-        names += [d for d in known if d not in names]
+        """Set the class count and the device names (the data's first, then ``known`` ones not listed).
+
+        Data that names no device (ESC-50, a toy set) gets no device names, ``known`` included:
+        its runs log and report no device rows.
+        """
+        names = [str(d) for d in devices if d]
+        if names:
+            names += [d for d in known if d not in names]
         if self.device_names[: len(names)] != names:
             self.device_names = names
             self._device_index = {d: i for i, d in enumerate(names)}

@@ -195,3 +195,40 @@ def test_precise_bn_changes_only_the_statistics_and_the_last_validation_sees_the
     trainer.validate(model, datamodule=RandomDM(), verbose=False)
     assert model.reports["val"]["overall"]["logloss"] == pytest.approx(report["logloss"], abs=1e-6)
     assert model.reports["val"]["overall"]["accuracy"] == pytest.approx(report["accuracy"])
+
+
+class _NoDeviceSet(_Set):
+    """Clips without a recording device, as ESC-50 and the toy sets give them ("")."""
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "device": ""}
+
+
+class NoDeviceDM(RandomDM):
+    devices = ()
+
+    def val_dataloader(self):
+        return DataLoader(_NoDeviceSet(24, 1), batch_size=8)
+
+    test_dataloader = val_dataloader
+
+
+def test_data_without_devices_logs_and_reports_no_device_rows(tmp_path):
+    from sp4sc.training.report import metrics_md_text
+
+    pl.seed_everything(0, verbose=False)
+    model = SceneClassifier(TinyNet(), lr=5e-3)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=NoDeviceDM())
+    res = trainer.validate(model, datamodule=NoDeviceDM(), verbose=False)[0]
+    assert "val/acc" in res and "val_class/acc_z" in res
+    assert not [k for k in (*res, *trainer.callback_metrics) if "device" in k]  # logs and TensorBoard alike
+    rep = model.reports["val"]
+    assert rep["device_wise"] == {} and model.device_names == []
+    assert "| device |" not in metrics_md_text(rep, "validation split", CLASSES)
+    # TAU-style data keeps its device rows, its own devices first
+    model = SceneClassifier(TinyNet(), lr=5e-3)
+    trainer = _trainer(tmp_path / "tau", max_epochs=1)
+    res = trainer.validate(model, datamodule=RandomDM(), verbose=False)[0]
+    assert {"val_device/acc_a", "val_device/acc_s1"} <= set(res) and "val_device/acc_unknown" not in res
+    assert model.device_names[:3] == ["a", "b", "s1"]

@@ -101,3 +101,16 @@ def test_confusion_figure_draws():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_device_rows_only_when_the_data_names_devices():
+    y = np.array([0, 1, 1, 0])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert metrics.dcase_results(y, p, ["x", "y"], ["", None, "", ""])["device_wise"] == {}
+    assert metrics.dcase_results(y, p, ["x", "y"])["device_wise"] == {}
+    mixed = metrics.dcase_results(y, p, ["x", "y"], ["a", None, "a", ""])["device_wise"]
+    assert set(mixed) == {"a", "unknown"}
+    for names, batch_devices, expected in (((), None, set()), (("a",), torch.tensor([0, -1, 0, -1]), {"a", "unknown"})):
+        m = metrics.SceneMetrics(2, names, from_logits=False)
+        m.update(torch.tensor(p), torch.tensor(y), batch_devices)
+        assert set(m.report(["x", "y"])["device_wise"]) == expected
