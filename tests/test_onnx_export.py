@@ -56,8 +56,10 @@ def sp4sc_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full_export(sp4sc_file, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("exp") / "sp4sc"
-    report = onnx_export.export_onnx(load_model(sp4sc_file), out, fp16=True, int8=True, waveform=True,
-                                     parity_shapes=SHAPES)
+    loaded = load_model(sp4sc_file)
+    calib = onnx_export.parity_inputs(TINY.n_mels, [(16, TINY.n_frames)], seed=5, model=fold_batchnorm(loaded.model))[0]
+    report = onnx_export.export_onnx(loaded, out, fp16=True, int8=True, waveform=True,
+                                     parity_shapes=SHAPES, calib=calib)
     return out, report
 
 
@@ -89,7 +91,7 @@ def test_variants_parity_and_files(full_export):
     out, report = full_export
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["model.onnx", "model_fp16.onnx", "model_int8.onnx", "model_waveform.onnx",
-                            "frontend.json", "complexity.json", "parity.json"])
+                            "model_waveform_int8.onnx", "frontend.json", "complexity.json", "parity.json"])
     parity = json.loads((out / "parity.json").read_text())
     v = parity["variants"]
     assert v["fp32"]["passed"] and v["fp32"]["max_abs_prob"] <= 1e-5
@@ -229,8 +231,12 @@ def test_fp16_and_int8_on_real_esc10_with_sp4asc_weights(sp4asc_weights, esc10_r
     loaded.frontend = loaded.frontend.replace(duration=5.0)
     cfg = loaded.frontend
     out = tmp_path / "exp"
-    onnx_export.export_onnx(loaded, out, fp16=True, int8=True, parity_shapes=[(1, 64), (2, 48), (3, 32)])
     files = sorted((esc10_root / "audio").glob("*.ogg"))[::25][:16]
+    calib_files = sorted((esc10_root / "audio").glob("*.ogg"))[7::13][:32]  # other clips than the ones compared
+    with torch.no_grad():
+        calib = LogMel(cfg)(torch.from_numpy(np.stack([load_audio(f, cfg.sample_rate, cfg.duration)
+                                                       for f in calib_files]))).unsqueeze(1).numpy()
+    onnx_export.export_onnx(loaded, out, fp16=True, int8=True, parity_shapes=[(1, 64), (2, 48), (3, 32)], calib=calib)
     wav = np.stack([load_audio(f, cfg.sample_rate, cfg.duration) for f in files])
     with torch.no_grad():
         x = LogMel(cfg)(torch.from_numpy(wav)).unsqueeze(1)

@@ -9,8 +9,9 @@ The exported graph (``model.onnx``):
   side needs no maths of its own).
 
 Variants: ``model_fp16.onnx`` (weights and compute in float16, float32 input and
-outputs, :func:`to_onnx` with ``half=True``), ``model_int8.onnx`` (ONNX Runtime
-dynamic quantization, :func:`quantize_int8`), ``model_waveform.onnx`` (input
+outputs, :func:`to_onnx` with ``half=True``), ``model_int8.onnx`` (static QDQ int8,
+:mod:`sp4sc.deploy.quantize`; :func:`quantize_int8` is ONNX Runtime's dynamic
+quantization, kept for comparison only), ``model_waveform.onnx`` (input
 ``waveform`` float32 ``(batch, samples)`` at the front end's rate; the log-mel front
 end is in the graph, :func:`waveform_model`: reflect padding, the ONNX ``STFT`` op
 in float64, mel ``MatMul``, log).
@@ -53,6 +54,7 @@ FILES = {
     "fp16": "model_fp16.onnx",
     "int8": "model_int8.onnx",
     "waveform": "model_waveform.onnx",
+    "waveform_int8": "model_waveform_int8.onnx",
 }
 
 
@@ -148,6 +150,10 @@ def frontend_graph(cfg, opset: int = OPSET):
 
     from sp4sc.frontend.features import mel_filterbank
 
+    if getattr(cfg, "style", "librosa") != "librosa":
+        raise Sp4scError(f"front end {cfg.name!r} ({cfg.style} style) has no ONNX waveform graph; export without "
+                         "the waveform model and compute its log-mels with sp4sc.frontend.features.LogMel")
+
     n = np.arange(cfg.win_length)
     win = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.win_length)  # periodic Hann
     left = (cfg.n_fft - cfg.win_length) // 2
@@ -201,7 +207,11 @@ def _opset_of(model_proto) -> int:
 
 
 def quantize_int8(model_proto):
-    """ONNX Runtime dynamic quantization: int8 weights (uint8 for Conv, which ORT's CPU ConvInteger needs)."""
+    """ONNX Runtime *dynamic* quantization (uint8 Conv weights, activations quantised at run time).
+
+    Not what ``sp4sc export --int8`` writes (static QDQ, :mod:`sp4sc.deploy.quantize`); kept as the
+    ``int8-dynamic`` row of ``sp4sc bench infer``: several times slower than fp32 for these CNNs.
+    """
     import tempfile
 
     import onnx

@@ -1,0 +1,130 @@
+"""Static int8 export (issue 30): calibration choice, QDQ graphs for every family, refusal, edge runner, bytes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sp4sc.cli import main as cli_main
+from sp4sc.data.index import Clip
+from sp4sc.deploy import onnx_export, quantize
+from sp4sc.errors import Sp4scError
+from sp4sc.models import list_models
+from sp4sc.models.checkpoint import load_model
+from sp4sc.models.fold import fold_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cv import make_esc_toy  # noqa: E402
+from test_edge import run_edge  # noqa: E402
+from test_onnx_export import SHAPES, TINY, make_model_file  # noqa: E402
+
+
+def _clips(per_class=(7, 3, 12), order=None):
+    clips = [Clip(path=f"audio/{k}-{i}.wav", scene=f"c{k}", label=k) for k, n in enumerate(per_class) for i in range(n)]
+    return [clips[i] for i in order] if order is not None else clips
+
+
+def test_calibration_choice_is_balanced_and_deterministic():
+    clips = _clips()
+    chosen = quantize.calibration_clips(clips, 9)
+    counts = np.bincount([c.label for c in chosen], minlength=3)
+    assert counts.tolist() == [3, 3, 3]
+    # the order the metadata lists clips in does not matter; the seed does
+    shuffled = _clips(order=np.random.default_rng(0).permutation(len(clips)))
+    assert [c.path for c in quantize.calibration_clips(shuffled, 9)] == [c.path for c in chosen]
+    assert [c.path for c in quantize.calibration_clips(clips, 9, seed=1)] != [c.path for c in chosen]
+    # a class with fewer clips gives all it has; the others fill up the rest
+    more = quantize.calibration_clips(clips, 16)
+    assert np.bincount([c.label for c in more], minlength=3).tolist() == [7, 3, 6]
+    assert len(quantize.calibration_clips(clips, 1000)) == len(clips)
+    with pytest.raises(Sp4scError, match="--calib: must be at least 1"):
+        quantize.calibration_clips(clips, 0)
+
+
+def _calib(loaded, n=12, seed=5):
+    return onnx_export.parity_inputs(TINY.n_mels, [(n, TINY.n_frames)], seed=seed, model=fold_batchnorm(loaded.model))[0]
+
+
+def test_quantisation_is_deterministic(tmp_path):
+    loaded = load_model(make_model_file(tmp_path / "m.pt"))
+    proto = onnx_export.to_onnx(onnx_export.deploy_model(fold_batchnorm(loaded.model)), TINY.n_mels, 32)
+    a = quantize.quantize_static_int8(proto, _calib(loaded)).SerializeToString()
+    b = quantize.quantize_static_int8(proto, _calib(loaded)).SerializeToString()
+    c = quantize.quantize_static_int8(proto, _calib(loaded, seed=6)).SerializeToString()
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_family_exports_static_int8(name, tmp_path):
+    loaded = load_model(make_model_file(tmp_path / f"{name}.pt", name))
+    calib = _calib(loaded)
+    report = onnx_export.export_onnx(loaded, tmp_path / "out", int8=True, no_budget=True, parity_shapes=SHAPES,
+                                     calib=calib, eval_set=(calib[:6], None))
+    proto = onnx.load(tmp_path / "out" / "model_int8.onnx")
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ
+    # 2x2 stride-2 average pools became depthwise convs (other pools, e.g. CP-Mobile's, stay)
+    pools = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in proto.graph.node if n.op_type == "AveragePool"]
+    assert not [p for p in pools if list(p.get("kernel_shape", [])) == [2, 2] and list(p.get("strides", [])) == [2, 2]]
+    weights = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer]
+    conv_w = [w for w in weights if w.dtype == np.int8 and w.ndim == 4]
+    assert conv_w and all(w.dtype == np.int8 for w in conv_w)
+    # per-channel scales: a conv weight's DequantizeLinear has one scale per output channel
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    per_channel = [inits[n.input[1]].size for n in proto.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert per_channel and all(s > 1 for s in per_channel)
+    meta = onnx_export.read_metadata(proto)
+    assert meta["precision"] == "int8" and meta["quantization"] == "static-qdq" and meta["calibration_clips"] == "12"
+    v = report["parity"]["variants"]["int8"]
+    assert v["passed"] is None and v["mean_abs_prob"] < 0.05  # random weights: near-uniform probs, top-1 is noise
+    assert v["clips"]["clips"] == 6 and "accuracy_int8" not in v["clips"]
+
+
+def test_int8_export_refused_without_calibration(tmp_path, capsys):
+    ckpt = make_model_file(tmp_path / "m.pt")
+    with pytest.raises(Sp4scError, match="needs calibration data"):
+        onnx_export.export_onnx(load_model(ckpt), tmp_path / "x", int8=True)
+    assert cli_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--int8: static int8 quantisation needs calibration data" in err
+    assert "--calib-data" in err and not (tmp_path / "out").exists()
+
+
+def test_cli_int8_on_esc_layout_and_edge_runner(tmp_path, capsys):
+    """`sp4sc export --int8 --calib-data` on an ESC-layout folder; the edge runner (no torch) runs the int8 file."""
+    data = make_esc_toy(tmp_path / "esc", folds=3, per_class=3)
+    ckpt = make_model_file(tmp_path / "m.pt", cfg=TINY.replace(duration=0.5))
+    out = tmp_path / "out"
+    assert cli_main(["export", "--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-data", str(data),
+                     "--calib-dataset", "esc", "--calib-fold", "2", "--calib", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    v = report["parity"]["variants"]["int8"]
+    assert v["calibration_clips"] == 5 and v["clips"]["clips"] == 6  # fold 2: 2 classes x 3 clips
+    files = [str(p) for p in sorted((data / "audio").glob("2-*.wav"))]
+    res = run_edge("--model", str(out / "model_int8.onnx"), "--json", *files)
+    assert res.returncode == 0, res.stderr
+    probs8 = np.array(json.loads(res.stdout)["probs"])
+    res32 = run_edge("--model", str(out / "model.onnx"), "--json", *files)
+    probs32 = np.array(json.loads(res32.stdout)["probs"])
+    assert probs8.shape == probs32.shape == (6, 10)
+    np.testing.assert_allclose(probs8.sum(1), 1.0, atol=1e-4)
+    assert np.abs(probs8 - probs32).mean() < 0.05 and not np.array_equal(probs8, probs32)  # quantised, and close
+
+
+def test_pool_as_depthwise_is_the_same_function(tmp_path):
+    loaded = load_model(make_model_file(tmp_path / "m.pt", "cnn6"))
+    proto = onnx_export.to_onnx(fold_batchnorm(loaded.model), TINY.n_mels, 32)
+    swapped = quantize.pool_as_depthwise(proto)
+    assert "AveragePool" not in {n.op_type for n in swapped.graph.node}
+    x = onnx_export.parity_inputs(TINY.n_mels, [(2, 45)], seed=3)[0]
+    a = onnx_export.ort_session(proto).run(["logits"], {"logmel": x})[0]
+    b = onnx_export.ort_session(swapped).run(["logits"], {"logmel": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
