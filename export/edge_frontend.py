@@ -107,6 +107,9 @@ class EdgeFrontEnd:
         missing = [k for k in FRONTEND_KEYS if k not in cfg]
         if missing:
             raise EdgeError(f"frontend.json: front end lacks {missing}; re-export the model with `sp4sc export`")
+        if cfg.get("style", "librosa") != "librosa":  # e.g. EfficientAT's front end: not computed here
+            raise EdgeError(f"frontend.json: front end style {cfg['style']!r} is not supported by the edge runner "
+                            "(it computes Slaney-mel dB log-mels only); run the model with `sp4sc infer`")
         self.cfg = dict(cfg)
         self.sample_rate = int(cfg["sample_rate"])
         self.n_fft = int(cfg["n_fft"])

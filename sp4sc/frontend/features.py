@@ -38,6 +38,13 @@ class FrontEndConfig:
         f_max: highest mel filter edge, Hz.
         duration: clip length in seconds; audio is padded with zeros or cropped to it.
         amin: floor of the power before the log: 10*log10(max(P, amin)).
+        style: ``"librosa"`` (the definition above: periodic Hann, Slaney mels, dB) or
+            ``"efficientat"``: EfficientAT's front end (pre-emphasis 0.97, symmetric Hann,
+            Kaldi mels, ``(ln(mel + 1e-5) + 4.5) / 5``; :mod:`sp4sc.frontend.efficientat_mel`),
+            which the EfficientAT backbones' AudioSet weights were trained on and which no
+            Slaney/dB setting reproduces. ``amin`` is unused then. Left out of :meth:`to_dict`
+            (and so of the digest and of exported ``frontend.json``) when ``"librosa"``, so the
+            existing feature caches and exports keep their keys.
     """
 
     name: str
@@ -50,9 +57,12 @@ class FrontEndConfig:
     f_max: float
     duration: float = 10.0
     amin: float = 1e-10
+    style: str = "librosa"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.style not in STYLES:
+            problems.append(f"style must be one of {list(STYLES)}, got {self.style!r}")
         if self.sample_rate <= 0:
             problems.append("sample_rate must be positive")
         if not 0 < self.win_length <= self.n_fft:
@@ -75,15 +85,21 @@ class FrontEndConfig:
 
     @property
     def n_frames(self) -> int:
-        """Frames per clip (centred STFT): 1 + n_samples // hop."""
-        return 1 + self.n_samples // self.hop_length
+        """Frames per clip (centred STFT): 1 + n_samples // hop (EfficientAT style: 1 + (n_samples - 1) // hop)."""
+        return self.frames_for(self.duration)
 
     def frames_for(self, seconds: float) -> int:
         """Frames of a clip of ``seconds`` seconds."""
-        return 1 + int(round(seconds * self.sample_rate)) // self.hop_length
+        n = int(round(seconds * self.sample_rate))
+        if self.style == "efficientat":  # pre-emphasis drops one sample before the STFT
+            n -= 1
+        return 1 + n // self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["style"] == "librosa":  # the default: keep the keys (and digests) of configs made before it existed
+            del d["style"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FrontEndConfig":
@@ -103,6 +119,9 @@ class FrontEndConfig:
     def replace(self, **changes: Any) -> "FrontEndConfig":
         return dataclasses.replace(self, **changes)
 
+
+# Front-end definitions LogMel computes (see FrontEndConfig.style).
+STYLES = ("librosa", "efficientat")
 
 PRESETS: dict[str, FrontEndConfig] = {
     # SP4ASC (Puy et al., DCASE 2021): 431 x 256 for a 10 s clip.
@@ -126,6 +145,11 @@ PRESETS: dict[str, FrontEndConfig] = {
     # unit-area filters and 10*log10(max(P, 1e-10)); the shapes (and so the model's parameters
     # and MACs) are the same, the values are not, so their checkpoints do not transfer as they are.
     "dcase2024": FrontEndConfig("dcase2024", 32000, 4096, 3072, 500, 256, 0.0, 16000.0, 1.0),
+    # EfficientAT's own front end (Schmid et al. 2023; the AudioSet weights' input): 32 kHz, n_fft 1024,
+    # symmetric 800-sample Hann, hop 320, 128 Kaldi mels over 0-15 kHz, pre-emphasis, (ln + 4.5) / 5;
+    # 500 x 128 for a 5 s clip. For the EfficientAT backbones (sp4sc.models.efficientat).
+    "efficientat32k": FrontEndConfig("efficientat32k", 32000, 1024, 800, 320, 128, 0.0, 15000.0, 10.0,
+                                     style="efficientat"),
     # The demo's small front end: CPU training in minutes on 2 s clips
     # (full-resolution SP4SC trains at about 1.4 clips/s on 2 CPU cores).
     "demo": FrontEndConfig("demo", 16000, 512, 512, 256, 64, 0.0, 8000.0, 2.0),
@@ -194,6 +218,10 @@ class LogMel(nn.Module):
     The mel matrix and window are buffers that are not saved in state dicts:
     they follow from the config, and they are not parameters.
 
+    With ``cfg.style == "efficientat"`` the features are EfficientAT's instead
+    (:class:`sp4sc.frontend.efficientat_mel.EfficientATMel`, float32 as in
+    EfficientAT, transposed to ``(batch, frames, mels)``); ``fft_dtype`` is unused then.
+
     Args:
         cfg: the front end.
         fft_dtype: dtype of the framing and FFT; float64 by default (see above),
@@ -212,6 +240,13 @@ class LogMel(nn.Module):
             window = nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
         self.register_buffer("window", window.to(fft_dtype), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(cfg)), persistent=False)
+        self.efficientat: nn.Module | None = None
+        if cfg.style == "efficientat":
+            from sp4sc.frontend.efficientat_mel import EfficientATMel, EfficientATMelConfig
+
+            self.efficientat = EfficientATMel(EfficientATMelConfig(
+                sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop=cfg.hop_length,
+                n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max))
 
     def _apply(self, fn, recurse=True):
         # Keep the window in fft_dtype when the module is cast (e.g. ``.float()``, ``.half()``).
@@ -223,6 +258,11 @@ class LogMel(nn.Module):
     def _compute(self, wav: torch.Tensor) -> torch.Tensor:
         # (batch, samples) -> (batch, frames, mels)
         n_fft, hop = self.cfg.n_fft, self.cfg.hop_length
+        if self.efficientat is not None:
+            if wav.shape[-1] <= n_fft // 2 + 1:
+                raise Sp4scError(f"front end {self.cfg.name!r}: {wav.shape[-1]} samples is too short for its "
+                                 f"reflect padding (more than {n_fft // 2 + 1} needed); use longer clips")
+            return self.efficientat(wav.float()).transpose(1, 2)  # (batch, frames, mels)
         dtype = self.window.dtype
         x = wav.to(dtype).unsqueeze(1)  # (batch, 1, samples)
         mode = "reflect" if x.shape[-1] > n_fft // 2 else "constant"  # reflect needs pad < length
@@ -242,7 +282,7 @@ class LogMel(nn.Module):
             return wav.new_zeros((0, self.cfg.frames_for(wav.shape[-1] / self.cfg.sample_rate), self.cfg.n_mels))
         if wav.device.type != "cpu":
             return self._compute(wav)
-        frames = 1 + wav.shape[-1] // self.cfg.hop_length
+        frames = self.cfg.frames_for(wav.shape[-1] / self.cfg.sample_rate)
         per_call = max(1, self.cpu_chunk_frames // max(frames, 1))
         if per_call >= wav.shape[0]:
             return self._compute(wav)

@@ -90,6 +90,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 # Explicit imports register the families (each module calls register_model).
 from sp4sc.models import cnn6 as _cnn6  # noqa: E402,F401
 from sp4sc.models import sp4sc as _sp4sc  # noqa: E402,F401
+from sp4sc.models import efficientat as _efficientat  # noqa: E402,F401
 from sp4sc.models import cpmobile as _cpmobile  # noqa: E402,F401
 
 __all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
