@@ -201,3 +201,38 @@ def test_compare_row_from_a_one_fold_cv_has_no_spread(tmp_path):
     table = format_tables({"random_init": False, "encoder": "e", "dataset": "d", "splits": {"eval": "x"},
                            "seeds": 1, "rows": [], "cost": [], "device": "cpu", "compare": [row], "machine": "m"})
     assert f"| {row['name']} | 80.0 | 0.600 |" in table
+
+
+def test_fit_progress_line_has_elapsed_and_eta():
+    from sp4sc.probes.sweep import FitProgress
+
+    now = iter([100.0, 100.0, 112.0, 130.0])  # start, then folds done at +12 s and +30 s
+    p = FitProgress(1.0, 5, 3, 2, clock=lambda: next(now))
+    p.start()
+    assert p.line(0, 1600, 400) == ("probes dt=1 s: fold 1/5 done (3 seeds, 2 aggregations; 1,600 train / 400 eval "
+                                    "clips) in 0:00:12, elapsed 0:00:12, eta 0:00:48")
+    assert p.line(1, 1600, 400).endswith("fold 2/5 done (3 seeds, 2 aggregations; 1,600 train / 400 eval clips) "
+                                         "in 0:00:18, elapsed 0:00:30, eta 0:00:45")
+
+
+def test_sweep_reports_each_dt_and_fold_in_a_piped_log(toy_root, tmp_path):
+    """stderr is a pipe here (as in `sp4sc probe sweep ... 2>&1 | tee log`): one line per (dt, fold) still."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sp4sc.probes.encoders import register_encoder; from sp4sc.probes.fake import FakeEncoder; "
+            "register_encoder(FakeEncoder.name, FakeEncoder); from sp4sc.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = ["probe", "sweep", "--encoder", "fake-test", "--random-init", "--dataset", "toy", "--root", str(toy_root),
+            "--dt", "1", "2", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path / "out"), "--no-cache",
+            "--cost-windows", "1"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("INFO: probes dt=")]
+    done = [ln for ln in lines if " done (" in ln]
+    assert [ln.split(":")[1].split(" s")[0].strip() for ln in done] == ["probes dt=1", "probes dt=2"]
+    for ln in done:
+        assert "fold 1/1 done (2 seeds" in ln and "elapsed 0:" in ln and "eta 0:00:00" in ln
+    # each dt's lines come after its embedding and before its accuracy lines
+    order = proc.stderr.splitlines()
+    first_fit = order.index(done[0])
+    assert any("accuracy" in ln for ln in order[first_fit:]) and not any("accuracy" in ln for ln in order[:first_fit])

@@ -201,6 +201,55 @@ def load_study_data(dataset: str, root: str | None, max_clips: int | None = None
 
 
 # ----------------------------------------------------------------------------- study
+def _hms(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class FitProgress:
+    """One log line per (δt, fold) while the probes are fitted, with elapsed time and ETA.
+
+    The lines go through the package logger (stderr), so a terminal and a piped log see the
+    same thing (the style of :mod:`sp4sc.training.progress`)::
+
+        INFO: probes dt=1 s: fold 2/5 done (3 seeds, 2 aggregations; 1,600 train / 400 eval clips) in 0:00:12, elapsed 0:00:25, eta 0:00:37
+
+    Args:
+        dt: the window length of these probes.
+        folds: how many folds are fitted.
+        seeds: probes per fold.
+        aggregations: how many aggregations each seed scores.
+        clock: the time source (tests).
+    """
+
+    def __init__(self, dt: float, folds: int, seeds: int, aggregations: int, clock=None):
+        import time
+
+        self.dt, self.folds, self.seeds, self.aggregations = dt, folds, seeds, aggregations
+        self.clock = clock or time.perf_counter
+        self.t0 = self.last = self.clock()
+
+    def start(self) -> None:
+        """Say what is about to be fitted (the first fold's line may take a while)."""
+        logger.info(f"probes dt={self.dt:g} s: fitting {self.folds} fold{'s' if self.folds != 1 else ''} x "
+                    f"{self.seeds} seed{'s' if self.seeds != 1 else ''}")
+        self.t0 = self.last = self.clock()
+
+    def line(self, k: int, n_train: int, n_eval: int) -> str:
+        """The line for fold index ``k`` (0-based) just finished."""
+        now = self.clock()
+        elapsed, this = now - self.t0, now - self.last
+        self.last = now
+        eta = elapsed / (k + 1) * (self.folds - k - 1)
+        seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        aggs = f"{self.aggregations} aggregation{'s' if self.aggregations != 1 else ''}"
+        return (f"probes dt={self.dt:g} s: fold {k + 1}/{self.folds} done ({seeds}, {aggs}; {n_train:,} train / "
+                f"{n_eval:,} eval clips) in {_hms(this)}, elapsed {_hms(elapsed)}, eta {_hms(eta)}")
+
+    def fold_done(self, k: int, n_train: int, n_eval: int) -> None:
+        logger.info(self.line(k, n_train, n_eval))
+
+
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     if any(v is None for v in values):
         return None, None
@@ -256,15 +305,20 @@ def run_sweep(cfg: SweepConfig, bundle: EncoderBundle | None = None) -> dict:
         ev_counts = [len(emb[c.path]) for _, ev in data.folds for c in ev]
         eval_windows[dt] = float(np.mean(ev_counts))
         per_seed: dict[str, list[dict]] = {a: [] for a in cfg.aggregations}
-        for seed in range(cfg.seeds):
-            fold_scores = [
-                fit_and_score(
+        # fold by fold (every seed of a fold, then the next fold), one progress line per (dt, fold);
+        # each probe's randomness comes from its own seed, so the order changes no number
+        by_seed: list[list[dict]] = [[] for _ in range(cfg.seeds)]
+        progress = FitProgress(dt, len(data.folds), cfg.seeds, len(cfg.aggregations))
+        progress.start()
+        for k, (tr, ev) in enumerate(data.folds):
+            for seed in range(cfg.seeds):
+                by_seed[seed].append(fit_and_score(
                     [emb[c.path] for c in tr], np.array([c.label for c in tr]),
                     [emb[c.path] for c in ev], np.array([c.label for c in ev]),
                     n_classes, cfg.probe, seed, tuple(cfg.aggregations),
-                )
-                for tr, ev in data.folds
-            ]
+                ))
+            progress.fold_done(k, len(tr), len(ev))
+        for seed, fold_scores in enumerate(by_seed):
             for a in cfg.aggregations:
                 acc = float(np.mean([f[a]["accuracy"] for f in fold_scores]))
                 micro = float(np.mean([f[a]["micro_accuracy"] for f in fold_scores]))
