@@ -77,5 +77,15 @@ def test_dcase2021_is_unchanged(capsys):
     assert main(["complexity", "--model", "sp4sc", "--no-macs"]) == 0
     assert "within (65,536 params, 131,072 bytes at fp16)" in capsys.readouterr().out
     assert main(["complexity", "--rules", "dcase2021", "--model", "cnn6", "--no-macs"]) == 3
-    assert main(["complexity", "--model", "sp4sc", "--no-macs", "--precision", "int8"]) == 2
-    assert "--precision" in capsys.readouterr().err
+    # --precision int8 under dcase2021: the byte limit applies to the bytes as an int8 export stores them (issue 30)
+    assert main(["complexity", "--model", "sp4sc", "--no-macs", "--precision", "int8"]) == 0
+    assert "131,072 bytes at int8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe, macs", [("tau2022_sp4sc", 19_429_002), ("tau2022_cpmobile", 29_419_156)])
+def test_tau2022_recipes_fit_the_2024_limits(recipe, macs, capsys):
+    _needs_nessi()
+    assert main(["complexity", "--rules", "dcase2024", "--config", f"recipes/{recipe}.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["frontend"] == "dcase2024" and out["input_shape_1s"] == [1, 1, 65, 256]
+    assert out["macs_1s_nessi"] == macs and out["rules"]["within"]
