@@ -24,7 +24,12 @@ def test_sp4sc_golden_figures():
     r = complexity_report(create_model("sp4sc"), frontend_preset("sp4asc"), count_macs=False)
     assert r["params"] == 62_474
     assert r["bytes_fp16"] == 124_948 and r["kb_fp16"] == 122.0
-    assert r["bytes_fp32"] == 4 * 62_474 and r["bytes_int8"] == 62_474
+    assert r["bytes_fp32"] == 4 * 62_474 and r["bytes_int8_weights_only"] == 62_474
+    # int8 as stored: weights 1 B, conv/linear biases int32, a float32 scale per output channel, input affine float32
+    # by hand: biases on sp_conv2 (448) + fc1 (128) + fc2 (10); scales: 3 x 448 block convs + 128 + 10 channels
+    assert r["int8_bytes"] == {"int8_weights": 62_474 - 586 - 512, "int32_biases": 4 * 586, "float32_scales": 4 * 1_482,
+                               "float32_other": 4 * 512, "total": 71_696}
+    assert r["bytes_int8"] == 71_696
     assert r["state_dict_values_unfolded"] == 64_335
     assert r["params_unfolded"] == 62_922  # running statistics and num_batches_tracked are buffers
     assert r["folded"] is True and r["model"] == "sp4sc"
@@ -55,7 +60,7 @@ def test_cnn6_is_over_budget_with_both_numbers():
     assert "4,571,274" in msg and "65,536" in msg and "9,142,548" in msg and "131,072" in msg
     assert info.value.exit_code == 3
     # a bytes-only limit at int8 passes the parameter count but still names the bytes
-    with pytest.raises(BudgetExceeded, match="4,571,274 bytes at int8"):
+    with pytest.raises(BudgetExceeded, match="4,582,032 bytes at int8"):
         check_budget(r, max_params=None, max_bytes=131_072, precision="int8")
 
 

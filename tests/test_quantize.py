@@ -128,3 +128,11 @@ def test_pool_as_depthwise_is_the_same_function(tmp_path):
     a = onnx_export.ort_session(proto).run(["logits"], {"logmel": x})[0]
     b = onnx_export.ort_session(swapped).run(["logits"], {"logmel": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_complexity_max_bytes_applies_to_int8_as_stored(capsys):
+    # SP4SC: 62,474 parameters; stored at int8 with int32 biases and per-channel scales: 71,696 bytes
+    assert cli_main(["complexity", "--model", "sp4sc", "--no-macs", "--precision", "int8", "--max-bytes", "72000"]) == 0
+    assert "71,696 (70.0 KB as stored" in capsys.readouterr().out
+    assert cli_main(["complexity", "--model", "sp4sc", "--no-macs", "--precision", "int8", "--max-bytes", "70000"]) == 3
+    assert "71,696 bytes at int8 (70.0 KB) > limit 70,000" in capsys.readouterr().err
