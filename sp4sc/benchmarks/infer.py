@@ -8,9 +8,13 @@ threads (default: the cores this process may use). Rows:
 - batch 1 and 16 (figures are per clip: the call's time divided by the batch);
 - PyTorch eager: the model as trained (unfolded) and as deployed (folded, merged
   blocks: :func:`sp4sc.models.fold.inference_model`), front end :class:`sp4sc.frontend.features.LogMel`;
-- ONNX Runtime fp32, fp16 and int8 (the graphs ``sp4sc export`` writes), end to
-  end with the edge runner's numpy front end (``export/edge_frontend.py``) and
-  with the waveform-in graph (front end inside ONNX).
+- ONNX Runtime fp32, fp16 and int8 (the graphs ``sp4sc export`` writes: int8 is
+  the static QDQ model, calibrated here on log-mels of noise clips, which gives the
+  same kernels and timing as real calibration; ``--dynamic`` adds ONNX Runtime's
+  dynamic quantisation for comparison), end to end with the edge runner's numpy
+  front end (``export/edge_frontend.py``) and with the waveform-in graph (front end
+  inside ONNX); each ONNX Runtime row has its time as a ratio to fp32 (``0.45x``);
+- everything at each of ``--threads`` (default 1 and 2).
 
 Each figure is the median of ``--repeats`` timed calls after two warm-up calls:
 wall-clock ms per clip (the latency) and process CPU ms per clip (all threads
@@ -28,12 +32,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 GOAL_MODEL_MS = 25.0  # SP4SC under ONNX Runtime, per clip
 GOAL_END_TO_END_MS = 40.0  # front end included
+GOAL_INT8_RATIO = 0.5  # static int8 model time / fp32 model time (issue 30)
+GOAL_INT8_END_TO_END_MS = 8.0  # edge front end + int8 model, per 10 s clip on 2 cores (issue 30)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sp4sc", help="registered model name (default sp4sc)")
     parser.add_argument("--frontend", default="sp4asc", help="front-end preset (default sp4asc: 10 s, 431 x 256)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per figure at batch 1 (default 7)")
-    parser.add_argument("--threads", type=int, default=0, help="threads for torch and ONNX Runtime (default: all cores)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts for torch and ONNX Runtime, each measured in turn (default 1 2; 0: all cores)")
+    parser.add_argument("--dynamic", action="store_true", help="also time ONNX Runtime's dynamic int8 quantisation")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
     parser.add_argument("--skip-torch-unfolded", action="store_true", help="skip the (slow) unfolded eager model")
     parser.add_argument("--agreement", metavar="CKPT", default=None,
@@ -78,9 +86,14 @@ def _edge_frontend_module():
         sys.path.remove(str(folder))
 
 
-def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int = 7, threads: int = 0,
-              batches: tuple[int, ...] = (1, 16), unfolded: bool = True) -> dict[str, Any]:
-    """Measure and return ``{"machine", "machine_line", "load_before", "load_after", "rows", "goal"}``."""
+def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int = 7,
+              threads: int | Sequence[int] = (1, 2), batches: tuple[int, ...] = (1, 16), unfolded: bool = True,
+              dynamic: bool = False) -> dict[str, Any]:
+    """Measure and return ``{"machine", "machine_line", "load_before", "load_after", "rows", "goal"}``.
+
+    Every row carries ``threads``; ONNX Runtime rows carry ``vs_fp32`` (ms / the fp32 row's ms of the
+    same kind, batch and threads).
+    """
     import onnxruntime as ort
     import torch
 
@@ -90,9 +103,10 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     from sp4sc.models import create_model
     from sp4sc.deploy.onnx_graph import quantize_int8, to_onnx, waveform_model
     from sp4sc.deploy.onnx_parity import ort_session
+    from sp4sc.deploy.quantize import quantize_static_int8
 
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    thread_list = [int(t) or cores for t in ([threads] if isinstance(threads, int) else threads)]
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     cfg = frontend_preset(frontend)
     torch.manual_seed(0)
@@ -102,50 +116,73 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     logmel = LogMel(cfg).eval()
     min_frames = int(getattr(folded, "min_frames", 16))
 
+    rng = np.random.default_rng(0)
+    with torch.no_grad():  # calibration log-mels of noise clips at a few loudness levels
+        calib_wav = (rng.standard_normal((16, cfg.n_samples)) * np.geomspace(1e-3, 0.3, 16)[:, None]).astype(np.float32)
+        calib = logmel(torch.from_numpy(calib_wav)).unsqueeze(1).numpy()  # (16, 1, frames, mels)
     protos = {"fp32": to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames)}
     protos["fp16"] = to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames, half=True)
-    protos["int8"] = quantize_int8(protos["fp32"])
-    sessions = {k: ort_session(p, threads=threads) for k, p in protos.items()}
-    wave_sess = ort_session(waveform_model(protos["fp32"], cfg), threads=threads)
+    protos["int8"] = quantize_static_int8(protos["fp32"], calib)
+    if dynamic:
+        protos["int8-dynamic"] = quantize_int8(protos["fp32"])
+    wave_proto = waveform_model(protos["fp32"], cfg)
     edge = _edge_frontend_module()
     edge_fe = edge.EdgeFrontEnd(cfg.to_dict()) if edge else None
 
-    rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, runtime: str, precision: str, batch: int, frontend_included: bool,
+    def add(name: str, runtime: str, precision: str, batch: int, n_threads: int, frontend_included: bool,
             timing: tuple[float, float]) -> None:
         wall, cpu = timing
         rows.append({
-            "name": name, "runtime": runtime, "precision": precision, "batch": batch,
+            "name": name, "runtime": runtime, "precision": precision, "batch": batch, "threads": n_threads,
             "frontend_included": frontend_included, "ms_per_call": wall * 1e3, "ms_per_clip": wall * 1e3 / batch,
             "cpu_ms_per_clip": cpu * 1e3 / batch,
         })
 
-    for batch in batches:
-        reps = repeats if batch == 1 else max(2, repeats // 3)
-        wav = (0.1 * rng.standard_normal((batch, cfg.n_samples))).astype(np.float32)  # (batch, samples)
-        with torch.no_grad():
-            x_t = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
-        x_np = x_t.numpy()
+    for n_threads in thread_list:
+        torch.set_num_threads(n_threads)
+        sessions = {k: ort_session(p, threads=n_threads) for k, p in protos.items()}
+        wave_sess = ort_session(wave_proto, threads=n_threads)
+        for batch in batches:
+            reps = repeats if batch == 1 else max(2, repeats // 3)
+            wav = (0.1 * rng.standard_normal((batch, cfg.n_samples))).astype(np.float32)  # (batch, samples)
+            with torch.no_grad():
+                x_t = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
+            x_np = x_t.numpy()
 
-        with torch.no_grad():
-            add("front end: LogMel (torch)", "torch", "fp32", batch, True, _time(lambda: logmel(torch.from_numpy(wav)), reps))
+            with torch.no_grad():
+                add("front end: LogMel (torch)", "torch", "fp32", batch, n_threads, True,
+                    _time(lambda: logmel(torch.from_numpy(wav)), reps))
+                if edge_fe is not None:
+                    add("front end: numpy (edge runner)", "numpy", "fp32", batch, n_threads, True,
+                        _time(lambda: edge_fe(wav), reps))
+                if unfolded:
+                    add("model: torch eager, unfolded", "torch", "fp32", batch, n_threads, False,
+                        _time(lambda: model(x_t), reps))
+                add("model: torch eager, folded+merged", "torch", "fp32", batch, n_threads, False,
+                    _time(lambda: deployed(x_t), reps))
+                add("end to end: torch LogMel + folded model", "torch", "fp32", batch, n_threads, True,
+                    _time(lambda: deployed(logmel(torch.from_numpy(wav)).unsqueeze(1)), reps))
+            for precision, sess in sessions.items():
+                add(f"model: ONNX Runtime {precision}", "onnxruntime", precision, batch, n_threads, False,
+                    _time(lambda s=sess: s.run(["probs"], {"logmel": x_np}), reps))
             if edge_fe is not None:
-                add("front end: numpy (edge runner)", "numpy", "fp64", batch, True, _time(lambda: edge_fe(wav), reps))
-            if unfolded:
-                add("model: torch eager, unfolded", "torch", "fp32", batch, False, _time(lambda: model(x_t), reps))
-            add("model: torch eager, folded+merged", "torch", "fp32", batch, False, _time(lambda: deployed(x_t), reps))
-            add("end to end: torch LogMel + folded model", "torch", "fp32", batch, True,
-                _time(lambda: deployed(logmel(torch.from_numpy(wav)).unsqueeze(1)), reps))
-        for precision, sess in sessions.items():
-            add(f"model: ONNX Runtime {precision}", "onnxruntime", precision, batch, False,
-                _time(lambda s=sess: s.run(["probs"], {"logmel": x_np}), reps))
-        if edge_fe is not None:
-            add("end to end: numpy front end + ONNX Runtime fp32", "onnxruntime", "fp32", batch, True,
-                _time(lambda: sessions["fp32"].run(["probs"], {"logmel": edge_fe(wav)[:, None]}), reps))
-        add("end to end: ONNX Runtime waveform graph fp32", "onnxruntime", "fp32", batch, True,
-            _time(lambda: wave_sess.run(["probs"], {"waveform": wav}), reps))
+                for precision in ("fp32", "int8"):
+                    add(f"end to end: numpy front end + ONNX Runtime {precision}", "onnxruntime", precision, batch,
+                        n_threads, True,
+                        _time(lambda s=sessions[precision]: s.run(["probs"], {"logmel": edge_fe(wav)[:, None]}), reps))
+            add("end to end: ONNX Runtime waveform graph fp32", "onnxruntime", "fp32", batch, n_threads, True,
+                _time(lambda: wave_sess.run(["probs"], {"waveform": wav}), reps))
+
+    # ratio to fp32: ONNX Runtime rows against the fp32 row of the same kind, batch and threads
+    for r in rows:
+        if r["runtime"] != "onnxruntime":
+            continue
+        base = [b for b in rows if b["runtime"] == "onnxruntime" and b["precision"] == "fp32"
+                and b["batch"] == r["batch"] and b["threads"] == r["threads"]
+                and b["name"] == r["name"].replace(r["precision"], "fp32")]
+        r["vs_fp32"] = r["ms_per_clip"] / base[0]["ms_per_clip"] if base else None
 
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
 
@@ -153,11 +190,18 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
         vals = [r["ms_per_clip"] for r in rows if pred(r)]
         return min(vals) if vals else None
 
+    def ratio(n_threads: int) -> float | None:
+        r = [x for x in rows if x["name"] == "model: ONNX Runtime int8" and x["batch"] == 1 and x["threads"] == n_threads]
+        return r[0]["vs_fp32"] if r else None
+
     model_ms = best(lambda r: r["name"] == "model: ONNX Runtime fp32" and r["batch"] == 1)
     e2e_ms = best(lambda r: r["name"].startswith("end to end") and r["runtime"] == "onnxruntime" and r["batch"] == 1)
+    e2e8_ms = best(lambda r: r["name"] == "end to end: numpy front end + ONNX Runtime int8" and r["batch"] == 1)
+    ratios = {t: ratio(t) for t in thread_list}
+    best_ratio = min((v for v in ratios.values() if v is not None), default=None)
     return {
         "model": model_name, "frontend": cfg.to_dict(), "clip_seconds": cfg.duration,
-        "input_shape": [1, 1, cfg.n_frames, cfg.n_mels], "threads": threads,
+        "input_shape": [1, 1, cfg.n_frames, cfg.n_mels], "threads": thread_list,
         "onnxruntime": ort.__version__, "machine": describe(), "machine_line": line(),
         "load_before": load_before, "load_after": load_after, "rows": rows,
         "goal": {
@@ -165,22 +209,29 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
             "model_within_goal": model_ms is not None and model_ms <= GOAL_MODEL_MS,
             "end_to_end_ms_batch1": e2e_ms, "end_to_end_goal_ms": GOAL_END_TO_END_MS,
             "end_to_end_within_goal": e2e_ms is not None and e2e_ms <= GOAL_END_TO_END_MS,
+            "int8_vs_fp32_by_threads": ratios, "int8_ratio_goal": GOAL_INT8_RATIO,
+            "int8_within_goal": best_ratio is not None and best_ratio <= GOAL_INT8_RATIO,
+            "int8_end_to_end_ms_batch1": e2e8_ms, "int8_end_to_end_goal_ms": GOAL_INT8_END_TO_END_MS,
+            "int8_end_to_end_within_goal": e2e8_ms is not None and e2e8_ms <= GOAL_INT8_END_TO_END_MS,
         },
     }
 
 
 def format_table(res: dict[str, Any]) -> str:
+    threads = res["threads"] if isinstance(res["threads"], list) else [res["threads"]]
     lines = [
         f"bench infer: {res['model']} at the {res['frontend']['name']} front end, one {res['clip_seconds']:g} s clip "
-        f"= input {tuple(res['input_shape'])}; {res['threads']} threads; onnxruntime {res['onnxruntime']}",
+        f"= input {tuple(res['input_shape'])}; threads {' and '.join(str(t) for t in threads)}; "
+        f"onnxruntime {res['onnxruntime']}",
         res["machine_line"],
         f"load average (1/5/15 min) before {_load(res['load_before'])}, after {_load(res['load_after'])}",
         "",
-        f"{'':<50} {'batch':>5} {'ms/clip':>9} {'ms/call':>9} {'cpu ms/clip':>12}",
+        f"{'':<52} {'threads':>7} {'batch':>5} {'ms/clip':>9} {'vs fp32':>8} {'ms/call':>9} {'cpu ms/clip':>12}",
     ]
     for r in res["rows"]:
-        lines.append(f"{r['name']:<50} {r['batch']:>5} {r['ms_per_clip']:>9.1f} {r['ms_per_call']:>9.1f} "
-                     f"{r['cpu_ms_per_clip']:>12.1f}")
+        ratio = f"{r['vs_fp32']:.2f}x" if r.get("vs_fp32") is not None else ""
+        lines.append(f"{r['name']:<52} {r.get('threads', ''):>7} {r['batch']:>5} {r['ms_per_clip']:>9.2f} {ratio:>8} "
+                     f"{r['ms_per_call']:>9.1f} {r['cpu_ms_per_clip']:>12.1f}")
     g = res["goal"]
     lines.append("")
     lines.append(
@@ -188,6 +239,15 @@ def format_table(res: dict[str, Any]) -> str:
         f"({'met' if g['model_within_goal'] else 'NOT met'}); end to end <= {g['end_to_end_goal_ms']:g} ms: "
         f"{g['end_to_end_ms_batch1']:.1f} ms ({'met' if g['end_to_end_within_goal'] else 'NOT met'}) (batch 1)"
     )
+    if g.get("int8_vs_fp32_by_threads"):
+        per = ", ".join(f"{v:.2f}x at {t} thread{'s' if int(t) > 1 else ''}"
+                        for t, v in g["int8_vs_fp32_by_threads"].items() if v is not None)
+        lines.append(f"goal: static int8 model <= {g['int8_ratio_goal']:g}x fp32: {per} "
+                     f"({'met' if g['int8_within_goal'] else 'NOT met'}, batch 1)")
+    if g.get("int8_end_to_end_ms_batch1") is not None:
+        lines.append(f"goal: edge front end + int8 model <= {g['int8_end_to_end_goal_ms']:g} ms: "
+                     f"{g['int8_end_to_end_ms_batch1']:.2f} ms "
+                     f"({'met' if g['int8_end_to_end_within_goal'] else 'NOT met'}, batch 1, best thread count)")
     return "\n".join(lines)
 
 
@@ -224,7 +284,9 @@ def variant_agreement(ckpt: str, files: list[str], batch_size: int = 16) -> dict
     x_all, ref_all = np.concatenate(feats), np.concatenate(ref)
     out: dict[str, Any] = {"checkpoint": str(ckpt), "files": len(files), "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        export_onnx(loaded, Path(tmp) / "exp", fp16=True, int8=True, no_budget=True)
+        # int8 calibrated on the same files (no training data here): an optimistic view of static int8;
+        # `sp4sc export --int8` calibrates on training clips and reports the evaluation clips apart
+        export_onnx(loaded, Path(tmp) / "exp", fp16=True, int8=True, no_budget=True, calib=x_all)
         for key in ("fp32", "fp16", "int8"):
             sess = ort_session(Path(tmp) / "exp" / FILES[key])
             p = np.concatenate([sess.run(["probs"], {"logmel": x_all[i : i + batch_size]})[0]
@@ -262,7 +324,9 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError(f"--repeats: must be at least 1, got {args.repeats}")
     if any(b < 1 for b in args.batch):
         raise Sp4scError(f"--batch: batch sizes must be at least 1, got {args.batch}")
-    res = run_bench(args.model, args.frontend, args.repeats, args.threads, tuple(args.batch),
-                    unfolded=not args.skip_torch_unfolded)
+    if any(t < 0 for t in args.threads):
+        raise Sp4scError(f"--threads: thread counts must be 0 (all cores) or more, got {args.threads}")
+    res = run_bench(args.model, args.frontend, args.repeats, tuple(args.threads), tuple(args.batch),
+                    unfolded=not args.skip_torch_unfolded, dynamic=args.dynamic)
     print(json.dumps(res, indent=2) if args.json else format_table(res))
     return 0
