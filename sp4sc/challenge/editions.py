@@ -229,6 +229,7 @@ def model_complexity(loaded, precision: str = "fp16", *, count_macs: bool = True
     report = complexity_report(loaded.model, loaded.frontend, duration=1.0, count_macs=False)
     macs = int(nessi_counter()(loaded.model, tuple(report["input_shape_1s"]))) if count_macs else None
     return {"model": report["model"], "params": int(report["params"]), "nonzero_params": int(report["nonzero_params"]),
+            # the organisers' formula: parameters x bits per parameter / 8 (see complexity.apply_rules)
             "bytes": int(report["params"]) * BYTES_PER_PARAM[precision], "precision": precision, "macs": macs,
             "input_shape_1s": report["input_shape_1s"]}
 

@@ -468,6 +468,10 @@ def apply_rules(report: dict[str, Any], model: nn.Module, rules: Rules, *, preci
     if rules.mac_counter == "nessi" and count_macs:
         report["macs_1s_nessi"] = int(nessi_counter()(model, tuple(report["input_shape_1s"])))
     macs = report.get(macs_key)
+    # The organisers' formula: "[parameter count] * [bit per parameter] / 8" (DCASE 2025 meta template,
+    # system.complexity.total_model_size; CPJKU complexity.py sums numel x dtype bytes of the parameters).
+    # For int8 that is parameters x 1 (bytes_int8_weights_only), not the larger int8-export count
+    # (int32 biases, per-channel scales) the report's bytes_int8 gives; both stay in the report.
     n_bytes = int(report["params"]) * BYTES_PER_PARAM[precision]
     over = []
     if limits["max_params"] is not None and report["params"] > limits["max_params"]:
