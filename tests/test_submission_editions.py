@@ -237,3 +237,30 @@ def test_over_budget_model_is_refused(data, tmp_path, monkeypatch, template, mod
             "--ckpt", str(models["a"]), "--template", str(template)]
     assert main(argv) == 3
     assert "over the DCASE 2025 limits" in capsys.readouterr().err and not (tmp_path / LABEL).exists()
+
+
+def test_device_counting_whole_models_and_shared_heads(models, tmp_path):
+    """Each device's model counts whole (the organisers' per-device check); a head-only fine-tuned
+    device model shares the backbone tensors, so the package's distinct parameters add only its head."""
+    import torch
+
+    from sp4sc.models.checkpoint import load_model, model_spec, save_model
+
+    general = load_model(models["general"])
+    head_only = load_model(models["general"])
+    with torch.no_grad():
+        head_only.model.fc2.weight.add_(0.5)  # fine-tuned classifier only
+    path = tmp_path / "head_a.pt"
+    save_model(path, head_only.model, model_spec(head_only.name, head_only.model_kwargs, head_only.frontend,
+                                                 head_only.classes))
+    dm = ed.device_models(general, {"a": load_model(path), "b": load_model(models["b"])})
+    cx = ed.device_complexity(dm)
+    one = cx["per_device"]["s4"]["Params"] // 2  # parameters of one model (fp16: 2 bytes each)
+    assert cx["per_device"]["a"]["Params"] == cx["per_device"]["b"]["Params"] == 2 * one == cx["max_Params"]
+    assert cx["sp4sc"]["total_parameters_all_models"] == 3 * one
+    head = head_only.model.fc2.weight.numel()
+    # the head-only model adds its head to what the general and b models hold (tensors equal in
+    # both, e.g. zero-initialised biases, are stored once there too)
+    assert cx["sp4sc"]["distinct_parameters_all_models"] == ed.distinct_parameters([general, dm.per_device["b"]]) + head
+    assert ed.distinct_parameters([general, dm.per_device["a"]]) == one + head
+    assert cx["per_device"]["a"]["MACs"] == cx["per_device"]["s10"]["MACs"] > 0

@@ -34,6 +34,17 @@ Facts used (read from the organisers' public material, no code copied):
   ``development_dataset.device_specific`` and ``.general``, each with overall, class_wise and
   device_wise.
 
+Device-aware inference (2025): :class:`DeviceModels` maps the device named in the
+evaluation list (``device_id``) to a model: per-device fine-tuned weights (a model file
+per device, ``--device-ckpt a=PATH``) or per-device heads (device models that share the
+general model's backbone and differ in the classifier); every other device, seen or not,
+runs the general model. Counting: each device's model counts whole, shared parts
+included, and the limits hold for each (``complexity.json`` ``per_device``, as the
+organisers' ``test_complexity.py``; the meta file reports the most complex model). The
+package's total adds every device's parameters: ``total_parameters_all_models`` (one
+count per model) and ``distinct_parameters_all_models`` (tensors equal in several
+models, e.g. a shared backbone, counted once).
+
 What is **ours** (not found in that material, so marked stricter or documented): the 2025
 package names its output ``<label>.output.csv`` (the 2024 single-file convention) next to
 ``complexity.json``; the 2025 evaluation-set size is not published in that material, so rows are
@@ -57,6 +68,8 @@ import numpy as np
 
 from sp4sc.constants import DEVICES, SCENES
 from sp4sc.errors import Sp4scError
+
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}  # the organisers' formula: parameters x bits / 8
 
 EDITIONS = ("2024", "2025")
 TASK = "task1"
@@ -222,7 +235,7 @@ def model_complexity(loaded, precision: str = "fp16", *, count_macs: bool = True
     MACs follow the DCASE 2022-2025 NeSsi convention on the model as trained
     (:func:`sp4sc.deploy.complexity.macs_nessi`), for a 1 s clip of its front end.
     """
-    from sp4sc.deploy.complexity import BYTES_PER_PARAM, complexity_report, nessi_counter
+    from sp4sc.deploy.complexity import complexity_report, nessi_counter
 
     if precision not in BYTES_PER_PARAM:
         raise Sp4scError(f"--precision {precision!r}: choose one of {', '.join(BYTES_PER_PARAM)}")
@@ -254,6 +267,7 @@ def device_complexity(models: DeviceModels, precision: str = "fp16",
         per_device[d] = {"MACs": c["macs"], "Params": c["bytes"]}
     macs = [v["MACs"] for v in per_device.values() if v["MACs"] is not None]
     biggest = max(per_model.values(), key=lambda c: (c["bytes"], c["macs"] or 0))
+    distinct = distinct_parameters(models.models)
     return {
         "per_device": per_device,
         "max_MACs": max(macs) if macs else None,
@@ -265,9 +279,35 @@ def device_complexity(models: DeviceModels, precision: str = "fp16",
             "device_specific": sorted(models.per_device),
             "total_parameters_all_models": sum(c["params"] for c in per_model.values()),
             "total_bytes_all_models": sum(c["bytes"] for c in per_model.values()),
+            # per-device heads: tensors equal in several models (a shared backbone) stored once
+            "distinct_parameters_all_models": distinct,
+            "distinct_bytes_all_models": distinct * BYTES_PER_PARAM[precision],
             "largest_model": biggest,
         },
     }
+
+
+def distinct_parameters(models: Sequence[Any]) -> int:
+    """Parameters of the folded ``models`` with every tensor that several of them hold identically counted once.
+
+    A family of device models that differ only in their heads (a shared, frozen backbone
+    fine-tuned per device at the classifier) then counts the backbone once and each head
+    once; fully fine-tuned device models count whole, one each.
+    """
+    import hashlib
+
+    from sp4sc.models.fold import fold_batchnorm
+
+    seen: set[tuple[str, tuple[int, ...], str]] = set()
+    total = 0
+    for m in models:
+        for name, p in fold_batchnorm(m.model).named_parameters():
+            t = p.detach().cpu().contiguous()
+            key = (name, tuple(t.shape), hashlib.sha1(t.numpy().tobytes()).hexdigest())
+            if key not in seen:
+                seen.add(key)
+                total += t.numel()
+    return total
 
 
 # ----------------------------------------------------------------------------- meta
