@@ -140,9 +140,12 @@ def test_help_cache_never_stores_fast_helps_errors_or_non_help(tmp_path, monkeyp
 @pytest.mark.slow
 @pytest.mark.parametrize("command", LIGHTNING_COMMANDS[:1])
 def test_lightning_help_is_cached_without_torch_the_second_time(command, tmp_path):
-    first = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
+    # with a recipe (a plain `fit --help` is a shipped text: test_lightning_help_first_call_is_shipped_text)
+    recipe = ("--config", str(ROOT / "recipes" / "demo.yaml"))
+    first = _run(command, *recipe, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
     assert first.returncode == 0 and "--trainer.max_epochs" in first.stdout, first.stderr[-1000:]
-    second = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
+    assert "TORCH_IMPORTED=True" in first.stderr
+    second = _run(command, *recipe, "--help", env_extra={"SP4SC_CACHE": str(tmp_path)})
     assert second.returncode == 0 and second.stdout == first.stdout
     assert "TORCH_IMPORTED=False" in second.stderr
 
@@ -154,3 +157,47 @@ def test_cache_help_options_are_the_datamodules_arguments():
     assert [name for name, _, _ in options] == list(_init_params())  # the imported signature
     docs = {name: doc for name, _, doc in options}
     assert docs["batch_size"] == "training batch size." and all(docs.values())
+
+
+# ------------------------------------------------- shipped Lightning helps (sp4sc.commands.statichelp)
+
+
+def test_shipped_lightning_helps_are_in_sync_with_the_parser():
+    """The stored `fit|validate|test|predict --help` texts equal a fresh LightningCLI build, fingerprint included.
+
+    Fails after a change to the LightningModule's or DataModule's arguments or docstrings, or to
+    Lightning/jsonargparse: regenerate with `python -m sp4sc.commands.statichelp --write`.
+    """
+    from sp4sc.commands import statichelp
+
+    problems = statichelp.check()
+    assert problems == [], "; ".join(problems) + "; run: python -m sp4sc.commands.statichelp --write"
+
+
+@pytest.mark.parametrize("command", LIGHTNING_COMMANDS)
+def test_lightning_help_first_call_is_shipped_text(command, tmp_path):
+    """An empty help cache (the first call after an install): the shipped text, torch not imported."""
+    from sp4sc.commands import statichelp
+
+    res = _run(command, "--help", env_extra={"SP4SC_CACHE": str(tmp_path), "SP4SC_NO_HELP_CACHE": ""})
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert "TORCH_IMPORTED=False" in res.stderr
+    assert res.stdout == (statichelp.FOLDER / f"{command}.txt").read_text() and "--trainer.max_epochs" in res.stdout
+    assert not (tmp_path / "help").exists()  # nothing built, nothing cached
+
+
+def test_shipped_help_is_used_only_while_its_fingerprint_holds(monkeypatch):
+    from sp4sc.commands import statichelp
+
+    if statichelp.lookup(["fit", "--help"]) is None:
+        pytest.skip("the shipped texts are out of date (test_shipped_lightning_helps_are_in_sync_with_the_parser)")
+    assert statichelp.lookup(["fit", "-h"]) == statichelp.lookup(["fit", "--help"])
+    for argv in (["fit", "--config", "recipes/demo.yaml", "--help"], ["fit"], ["cv", "--help"], ["fit", "--help", "x"]):
+        assert statichelp.lookup(argv) is None, argv  # a recipe's help shows its values: built and cached
+    real = statichelp.fingerprint()
+    monkeypatch.setattr(statichelp, "fingerprint", lambda: {**real, "versions": {**real["versions"],
+                                                                                 "pytorch-lightning": "9.9"}})
+    assert statichelp.lookup(["fit", "--help"]) is None  # another Lightning: build the help as before
+    monkeypatch.setattr(statichelp, "FOLDER", statichelp.FOLDER / "missing")
+    monkeypatch.setattr(statichelp, "fingerprint", lambda: real)
+    assert statichelp.lookup(["fit", "--help"]) is None  # not shipped: no error either

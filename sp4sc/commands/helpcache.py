@@ -16,6 +16,10 @@ terminal width and the environment variables that appear in defaults. A change
 to any of them is a miss, and the help is built (and stored) again. Texts live
 in ``$SP4SC_CACHE/help`` (default ``~/.cache/sp4sc/help``); ``SP4SC_NO_HELP_CACHE=1``
 turns the cache off. A cache that cannot be read or written is ignored.
+
+Before the cache, a plain ``sp4sc fit|validate|test|predict --help`` is answered from
+the texts shipped with the package (:mod:`sp4sc.commands.statichelp`), so that the
+first call after an install is fast too.
 """
 
 from __future__ import annotations
@@ -106,6 +110,12 @@ def run(argv: list[str], dispatch: Callable[[list[str]], int]) -> int:
     """
     if not wants_help(argv) or os.environ.get("SP4SC_NO_HELP_CACHE"):
         return dispatch(argv)
+    from sp4sc.commands import statichelp  # fit/validate/test/predict --help: shipped texts, no torch import
+
+    shipped = statichelp.lookup(argv)
+    if shipped is not None:
+        sys.stdout.write(shipped)
+        return 0
     try:
         key = help_key(argv)
         stored = cache_dir() / f"{key}.txt"
