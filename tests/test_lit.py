@@ -225,7 +225,7 @@ def test_data_without_devices_logs_and_reports_no_device_rows(tmp_path):
     assert not [k for k in (*res, *trainer.callback_metrics) if "device" in k]  # logs and TensorBoard alike
     rep = model.reports["val"]
     assert rep["device_wise"] == {} and model.device_names == []
-    assert "| device |" not in metrics_md_text(rep, "validation split", CLASSES)
+    assert "device" not in metrics_md_text(rep, "validation split", CLASSES)  # no rows, no remark on them
     # TAU-style data keeps its device rows, its own devices first
     model = SceneClassifier(TinyNet(), lr=5e-3)
     trainer = _trainer(tmp_path / "tau", max_epochs=1)

@@ -150,7 +150,7 @@ def test_confusion_figure_size_and_annotation_follow_the_class_count(n):
 
 
 def test_top_confusions_rank_pairs_by_count_then_share():
-    from sp4sc.training.report import top_confusions
+    from sp4sc.training.report import top_confusions, top_confusions_md
 
     classes = ["a", "b", "c"]
     cm = np.array([[8, 2, 0],   # a: 10 clips, 2 taken for b (20 %)
@@ -164,6 +164,9 @@ def test_top_confusions_rank_pairs_by_count_then_share():
     ]
     assert len(top_confusions(*_many(50), k=10)) == 10
     assert top_confusions(np.diag([3, 4]), ["x", "y"]) == []
+    text = "\n".join(top_confusions_md(np.array([[3, 1], [0, 2]]), ["x", "y"]))
+    assert "1 clip misclassified; the most frequent (true → predicted) pair," in text and "| x → y | 1 | 25.0 % |" in text
+    assert "No clip was misclassified." in "\n".join(top_confusions_md(np.diag([3, 4]), ["x", "y"]))
 
 
 def test_metrics_md_ends_with_the_most_frequent_confusions(tmp_path):

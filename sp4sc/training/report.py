@@ -109,8 +109,10 @@ def top_confusions_md(counts: Any, classes: Sequence[str], k: int = 10) -> list[
     lines = ["## Most frequent confusions", ""]
     if not top:
         return lines + ["No clip was misclassified.", ""]
-    lines += [f"{int(errors):,} clips misclassified; the {len(top)} most frequent (true → predicted) pairs, "
-              "with their share of the true class's clips:", "",
+    clips = f"{int(errors):,} clip{'s' if int(errors) != 1 else ''} misclassified"
+    pairs = "pair" if len(top) == 1 else f"{len(top)} pairs"
+    lines += [f"{clips}; the most frequent (true → predicted) {pairs}, with the share of the true class's clips:",
+              "",
               "| true → predicted | clips | share of the true class |", "|---|---:|---:|"]
     lines += [f"| {t['true']} → {t['predicted']} | {t['count']} | {100 * t['share']:.1f} % |" for t in top]
     return lines + [""]
@@ -163,7 +165,8 @@ def metrics_md_text(results: Mapping[str, Any], title: str | None = None,
             continue
         lines += ["", f"| {header} | accuracy (%) | log loss |", "|---|---:|---:|"]
         lines += [f"| {name} | {_pct(r)} | {_num(r)} |" for name, r in rows.items()]
-    lines += ["", "Accuracy is DCASE's class-wise average (device rows: within the device's clips); "
+    devices = " (device rows: within the device's clips)" if results.get("device_wise") else ""
+    lines += ["", f"Accuracy is DCASE's class-wise average{devices}; "
               "log loss is the mean over clips of -log p(true class).", ""]
     counts = results.get("confusion")
     if counts is not None:
