@@ -239,7 +239,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
         cm = summary["confusion"]
         lines += ["", *top_confusions_md(cm, summary.get("classes") or [str(i) for i in range(len(cm))]),
-                  "Summed over the folds; the whole matrix: confusion.png, per class: metrics.md."]
+                  ("Summed over the folds. " if len(summary["folds"]) > 1 else "")
+                  + "The whole matrix: confusion.png; per class: metrics.md."]
     lines += ["", f"Command: `{summary['command']}`", "", summary["machine"], ""]
     return "\n".join(lines)
 
@@ -285,8 +286,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title("per-fold accuracy")
     if show_cm:
-        draw_matrix(fig, axes[1], cm, cm, classes, layout, "confusion, summed over folds (clip counts)",
-                    rates=False)
+        where = "summed over folds" if len(folds) > 1 else f"fold {folds[0]['fold']}"
+        draw_matrix(fig, axes[1], cm, cm, classes, layout, f"confusion, {where} (clip counts)", rates=False)
     if cm is not None and not show_cm:
         fig.tight_layout(rect=(0, 0.09, 1, 1))
         fig.text(0.5, 0.015, f"{len(classes)} classes: the confusion matrix is in confusion.png,\n"
