@@ -252,6 +252,10 @@ class SceneClassifier(pl.LightningModule):
             clip and step (validation and test see whole clips). With a teacher, each crop gets
             its own teacher target: the probe on the mean embedding of the teacher windows
             inside the crop (needs ``train_crop >= dt + hop`` of the teacher). None: whole clips.
+        qat: quantisation-aware training (:mod:`sp4sc.training.qat`): the backbone is folded and
+            trains with int8 fake quantisation of weights (per channel) and activations; a short
+            fine-tune from ``qat_from``, exported with ``sp4sc export --int8``.
+        qat_from: model file or checkpoint of the recipe's model to start QAT from (needs ``qat``).
     """
 
     def __init__(
@@ -283,6 +287,8 @@ class SceneClassifier(pl.LightningModule):
         kd_embed_weight: float = 0.0,
         train_crop: Optional[float] = None,
         precise_bn: bool = False,
+        qat: bool = False,
+        qat_from: Optional[str] = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -441,6 +447,12 @@ class SceneClassifier(pl.LightningModule):
             self.backbone.set_fast(True)
         if self.hparams.get("channels_last"):
             self.backbone.to(memory_format=torch.channels_last)
+        if self.hparams.get("qat_from") and not self.hparams.get("qat"):
+            raise Sp4scError("--model.qat_from: only with --model.qat true (quantisation-aware fine-tuning)")
+        if self.hparams.get("qat"):
+            from sp4sc.training.qat import prepare_qat
+
+            self.backbone = prepare_qat(self.backbone, self.hparams.get("qat_from"))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
