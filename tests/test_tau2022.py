@@ -161,3 +161,55 @@ def test_datamodule_reads_audio_from_root(tmp_path):
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert tuple(batch["x"].shape) == (4, 1, 65, 256) and set(batch["device"]) <= {"a", "b"}
+
+
+def test_train_devices_filter(tmp_path):
+    from sp4sc.data.datamodule import SceneDataModule
+
+    root = make_tau22(tmp_path / "d", train_devices=("a", "b", "c"))
+    dm = SceneDataModule("tau2022", str(root), frontend="dcase2024", split=50, train_devices=["b"])
+    clips = dm.split_clips()
+    assert {c.device for c in clips["train"]} == {"b"} and len(clips["train"]) == 20
+    assert {c.device for c in clips["val"]} == {"a", "s4"}  # validation keeps every device
+    dm = SceneDataModule("tau2022", str(root), frontend="dcase2024", split=50, train_devices=["s9"])
+    with pytest.raises(Sp4scError, match=r"--data.train_devices \['s9'\]: no training clip .* has a, b, c"):
+        dm.split_clips()
+
+
+@pytest.mark.slow
+def test_device_fine_tuning_starts_from_the_general_weights(tmp_path, capsys):
+    """A fit with InitWeights starts from the given model's weights (device-specific fine-tuning, DCASE 2025)."""
+    import torch
+
+    from sp4sc.frontend.features import frontend_preset
+    from sp4sc.models import create_model
+    from sp4sc.models.checkpoint import load_model, model_spec, save_model
+    from sp4sc.training.init_weights import InitWeights
+
+    root = make_tau22(tmp_path / "d", seconds=1, audio=True, splits=(5, 10))
+    torch.manual_seed(3)
+    general = create_model("sp4sc_w32", n_mels=256)
+    with torch.no_grad():
+        general.fc2.weight.fill_(0.25)  # a value a fresh init never has
+    save_model(tmp_path / "general.pt", general, model_spec("sp4sc_w32", general.arch_kwargs,
+                                                             frontend_preset("dcase2024"), SCENES))
+    out = tmp_path / "run_b"
+    argv = ["fit", "--config", "recipes/tau2022_sp4sc.yaml", "--data.root", str(root), "--data.split", "10",
+            "--data.train_devices", "[b]", "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "0",
+            "--data.batch_size", "4", "--data.progress", "false", "--model.lr", "1e-12", "--model.eta_min", "0",
+            "--model.mixstyle_p", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+            "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(out),
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--trainer.callbacks+=sp4sc.training.init_weights.InitWeights",
+            "--trainer.callbacks.path", str(tmp_path / "general.pt")]
+    assert main(argv) == 0, capsys.readouterr().err
+    tuned = load_model(out / "checkpoints" / "last.ckpt")
+    assert torch.allclose(tuned.model.fc2.weight, torch.full_like(tuned.model.fc2.weight, 0.25), atol=1e-6)
+    # a model of another architecture is refused, naming both
+    bad = create_model("sp4sc_w48", n_mels=256)
+    save_model(tmp_path / "w48.pt", bad, model_spec("sp4sc_w48", bad.arch_kwargs, frontend_preset("dcase2024"), SCENES))
+    argv[argv.index(str(tmp_path / "general.pt"))] = str(tmp_path / "w48.pt")
+    assert main(argv + ["--trainer.default_root_dir", str(tmp_path / "run_bad")]) == 2
+    assert "holds a 'sp4sc_w48' model but this run trains 'sp4sc_w32'" in capsys.readouterr().err
+    with pytest.raises(Sp4scError, match="required"):
+        InitWeights("")

@@ -108,6 +108,8 @@ class SceneDataModule(pl.LightningDataModule):
         split: tau2022 only: the development-train split in % (5, 10, 25, 50, 100).
         split_dir: tau2022 only: folder of the split files (default
             ``root/split_setup``; relative to ``root``).
+        train_devices: train only on clips of these devices (e.g. ``[a]`` for a
+            device-specific fine-tuning, DCASE 2025); validation and test keep every device.
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default batch_size).
         num_workers: DataLoader worker processes (0: read in the main process).
@@ -132,6 +134,7 @@ class SceneDataModule(pl.LightningDataModule):
         fold: int = 1,
         split: Optional[int] = None,
         split_dir: Optional[str] = None,
+        train_devices: Optional[list[str]] = None,
         batch_size: int = 32,
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
@@ -171,6 +174,7 @@ class SceneDataModule(pl.LightningDataModule):
         self.fold = fold
         self.split_name = split
         self.split_dir = split_dir
+        self.train_devices = [str(d) for d in train_devices] if train_devices else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -214,7 +218,10 @@ class SceneDataModule(pl.LightningDataModule):
         return self._index
 
     def split_clips(self) -> dict[str, list[Clip]]:
-        """Clips per stage: ``train``, ``val``, ``test``, ``predict``."""
+        """Clips per stage: ``train``, ``val``, ``test``, ``predict`` (training clips of ``train_devices`` only, if set)."""
+        return self._filter_devices(self._stage_clips())
+
+    def _stage_clips(self) -> dict[str, list[Clip]]:
         idx = self.index()
         if idx.name == "esc":
             train, val = idx.cv_split(self.fold)
@@ -224,6 +231,17 @@ class SceneDataModule(pl.LightningDataModule):
             return {"train": idx.split(f"split{self.split_name}"), "val": test, "test": test, "predict": test}
         return {"train": idx.split("train"), "val": idx.split("evaluate"), "test": idx.split("evaluate"),
                 "predict": idx.split("test")}
+
+    def _filter_devices(self, splits: dict[str, list[Clip]]) -> dict[str, list[Clip]]:
+        """Keep only the ``train_devices`` clips in ``train`` (a one-line error when none is left)."""
+        if not self.train_devices:
+            return splits
+        train = [c for c in splits["train"] if c.device in self.train_devices]
+        if not train:
+            present = sorted({c.device for c in splits["train"] if c.device})
+            raise Sp4scError(f"--data.train_devices {self.train_devices}: no training clip is from these devices "
+                             f"(the training split has {', '.join(present) or 'no device names'})")
+        return {**splits, "train": train}
 
     def clips(self, stage: str) -> list[Clip]:
         """Clips of a stage ("train", "val", "test", "predict"), in batch ``index`` order."""
