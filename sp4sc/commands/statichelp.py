@@ -10,8 +10,9 @@ The four texts are generated once, stored in ``sp4sc/commands/lightning_help/``
 
 A stored text is used only while its fingerprint holds: the Python minor
 version, the versions of the packages that shape the text (torch, Lightning,
-jsonargparse and its docstring readers) and the content of the modules whose
-signatures and docstrings it shows (:data:`SOURCES`). Anything else (another
+jsonargparse and its docstring readers) and the source it is read from
+(:data:`SOURCES`: the docstring and ``__init__`` of the LightningModule and of the
+DataModule, and the CLI module). Anything else (another
 Lightning, an edited LightningModule docstring, ``--config R --help``) builds
 the help as before, through the cache. ``tests/test_help.py`` fails when the
 stored texts are out of date; regenerate them with::
@@ -34,8 +35,10 @@ COMMANDS = ("fit", "validate", "test", "predict")
 FOLDER = Path(__file__).resolve().parent / "lightning_help"
 INDEX = "index.json"
 PACKAGE = Path(__file__).resolve().parents[1]
-# the modules whose signatures and docstrings LightningCLI turns into the help (paths in the package)
-SOURCES = ("training/lit.py", "data/datamodule.py", "commands/lightning.py")
+# what LightningCLI turns into the help: module (path in the package) -> the class whose docstring and
+# __init__ (signature, docstring, body) it reads, or None for the whole module
+SOURCES = {"training/lit.py": "SceneClassifier", "data/datamodule.py": "SceneDataModule",
+           "commands/lightning.py": None}
 DISTRIBUTIONS = ("torch", "pytorch-lightning", "jsonargparse", "docstring-parser", "typeshed-client")
 COLUMNS = 80
 HELP_FLAGS = ("-h", "--help")
@@ -51,11 +54,34 @@ def fingerprint() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    sources = {}
-    for rel in SOURCES:
-        path = PACKAGE / rel
-        sources[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    sources = {rel: _source_hash(PACKAGE / rel, cls) for rel, cls in SOURCES.items()}
     return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "versions": versions, "sources": sources}
+
+
+def _source_hash(path: Path, cls: str | None) -> str | None:
+    """Hash of ``cls``'s docstring and ``__init__`` in ``path`` (the whole file when ``cls`` is None or absent).
+
+    Edits elsewhere in the module (a training step, another class) leave the help and this hash
+    alone, so the shipped texts stay valid while the module's other code changes.
+    """
+    import ast
+
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    part = source
+    if cls is not None:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            tree = None
+        node = next((n for n in (tree.body if tree else []) if isinstance(n, ast.ClassDef) and n.name == cls), None)
+        init = next((n for n in (node.body if node else []) if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+                    None)
+        if init is not None:
+            part = f"{ast.get_docstring(node, clean=False)}\0{ast.get_source_segment(source, init)}"
+    return hashlib.sha256(part.encode("utf-8")).hexdigest()[:16]
 
 
 def lookup(argv: list[str]) -> str | None:
