@@ -264,3 +264,20 @@ def test_device_counting_whole_models_and_shared_heads(models, tmp_path):
     assert cx["sp4sc"]["distinct_parameters_all_models"] == ed.distinct_parameters([general, dm.per_device["b"]]) + head
     assert ed.distinct_parameters([general, dm.per_device["a"]]) == one + head
     assert cx["per_device"]["a"]["MACs"] == cx["per_device"]["s10"]["MACs"] > 0
+
+
+def test_eval_list_layouts(tmp_path):
+    """2025: evaluation_setup/fold1_test.csv with device_id; 2024: the evaluation folder's meta.csv (baseline reader)."""
+    e24 = tmp_path / "e24"
+    e24.mkdir()
+    (e24 / "meta.csv").write_text("filename\naudio/0.wav\naudio/1.wav\n")
+    assert ed.read_eval_list(e24) == [("audio/0.wav", None), ("audio/1.wav", None)]
+    assert ed.output_name("2024", "audio/1.wav") == "1.wav" and ed.output_name("2025", "audio/1.wav") == "audio/1.wav"
+    e25 = make_tau22_eval(tmp_path / "e25", devices=("a", "s8"), per_device=1, audio=False)
+    assert ed.read_eval_list(e25) == [("audio/0.wav", "a"), ("audio/1.wav", "s8")]
+    (e24 / "meta.csv").write_text("filename\naudio/0.wav\naudio/0.wav\n")
+    with pytest.raises(Sp4scError, match="duplicate filename 'audio/0.wav'"):
+        ed.read_eval_list(e24)
+    with pytest.raises(Sp4scError, match="neither evaluation_setup/fold1_test.csv nor meta.csv"):
+        ed.read_eval_list(tmp_path)
+    assert ed.label_problems("Doe_ACME_task1_1") == [] and ed.label_problems("Doe_ACME_task1_5")
