@@ -117,6 +117,11 @@ def test_cli_int8_on_esc_layout_and_edge_runner(tmp_path, capsys):
     assert probs8.shape == probs32.shape == (6, 10)
     np.testing.assert_allclose(probs8.sum(1), 1.0, atol=1e-4)
     assert np.abs(probs8 - probs32).mean() < 0.05 and not np.array_equal(probs8, probs32)  # quantised, and close
+    # `sp4sc infer --onnx` runs the same int8 file (library front end): the same probabilities to front-end rounding
+    assert cli_main(["infer", "--onnx", str(out / "model_int8.onnx"), "--json", *files]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["files"] == files and len(doc["classes"]) == 10
+    assert np.abs(np.array(doc["probs"]) - probs8).max() < 2e-3
 
 
 def test_pool_as_depthwise_is_the_same_function(tmp_path):

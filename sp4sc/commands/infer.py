@@ -17,7 +17,10 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="model file (sp4sc save_model) or Lightning checkpoint")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="model file (sp4sc save_model) or Lightning checkpoint")
+    src.add_argument("--onnx", help="an exported model*.onnx (fp32, fp16 or int8) with its frontend.json beside it: "
+                                    "runs it under ONNX Runtime at its stored precision")
     parser.add_argument("--json", action="store_true", help='print {"classes", "files", "probs"} as JSON')
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     parser.add_argument("--tta", type=int, default=0, help="test-time augmentation passes (SpecAugment; default 0)")
@@ -40,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from sp4sc.models.checkpoint import load_model
     from sp4sc.deploy.infer import format_table, predict_files, result_json
 
+    if args.onnx:
+        from sp4sc.deploy.infer import predict_files_onnx
+        from sp4sc.errors import Sp4scError
+
+        if args.tta:
+            raise Sp4scError("--tta: test-time augmentation runs the torch model; drop --tta with --onnx")
+        probs, classes = predict_files_onnx(args.onnx, args.files, batch_size=args.batch_size, pad=args.pad,
+                                            crop=args.crop)
+        print(json.dumps(result_json(classes, args.files, probs)) if args.json else format_table(classes, args.files, probs))
+        return 0
     loaded = load_model(args.ckpt)
     probs = predict_files(loaded, args.files, tta=args.tta, seed=args.seed, batch_size=args.batch_size,
                           pad=args.pad, crop=args.crop)
