@@ -281,3 +281,20 @@ def test_eval_list_layouts(tmp_path):
     with pytest.raises(Sp4scError, match="neither evaluation_setup/fold1_test.csv nor meta.csv"):
         ed.read_eval_list(tmp_path)
     assert ed.label_problems("Doe_ACME_task1_1") == [] and ed.label_problems("Doe_ACME_task1_5")
+
+
+@pytest.mark.parametrize("edition", ["2024", "2025"])
+def test_repository_templates_give_the_required_fields(edition):
+    """The shipped templates hold every hand-written field the edition's validator requires."""
+    tmpl = yaml.safe_load(ed.edition_template(edition).read_text())
+    meta = ed.build_meta(tmpl, edition=edition, label=LABEL, sample_rate=32000,
+                         complexity={"params": 100, "nonzero_params": 90, "bytes": 200, "macs": 1000}, results=None)
+    seen = []
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"{LABEL}.meta.yaml"
+        p.write_text(ed.meta_yaml_text(meta, edition))
+        ed._check_meta(p, edition, LABEL, lambda *a, **k: seen.append(a))
+    assert seen == []
+    assert meta["system"]["description"]["input_sampling_rate"] == "32kHz"

@@ -440,6 +440,16 @@ def write_package(target: Path, *, edition: str, label: str, outputs: dict[str, 
     return check
 
 
+def edition_template(edition: str, out: str | os.PathLike | None = None) -> Path:
+    """``<out>/meta_template_<edition>.yaml`` when it exists, else the repository's ``submissions/`` copy."""
+    from sp4sc.challenge.submission import REPO_TEMPLATE
+
+    name = f"meta_template_{_check_edition(edition)}.yaml"
+    if out is not None and (Path(out) / name).is_file():
+        return Path(out) / name
+    return REPO_TEMPLATE.parent / name
+
+
 def _parse_pairs(items: Sequence[str] | None, option: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
@@ -494,7 +504,7 @@ def make_submission_edition(
         Sp4scError: bad arguments or inputs, or a package that fails validation.
         BudgetExceeded: a model is over the limits and ``no_budget`` is False.
     """
-    from sp4sc.challenge.submission import default_template, load_template, predict, template_placeholders
+    from sp4sc.challenge.submission import load_template, predict, template_placeholders
     from sp4sc.errors import BudgetExceeded
     from sp4sc.models.checkpoint import load_model
 
@@ -508,7 +518,7 @@ def make_submission_edition(
     if isinstance(template, dict):
         tmpl = copy.deepcopy(template)
     else:
-        tmpl = load_template(Path(template) if template is not None else default_template(out))
+        tmpl = load_template(Path(template) if template is not None else edition_template(edition, out))
     warnings = [f"template: {f} still holds the template's example value; edit it before submitting"
                 for f in template_placeholders(tmpl)]
     eval_list = read_eval_list(eval_root)
