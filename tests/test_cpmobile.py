@@ -217,3 +217,32 @@ def test_complexity_command_prints_both_totals(capsys):
     report = json.loads(capsys.readouterr().out)
     assert (report["params_unfolded"], report["macs_nessi"], report["macs_1s_nessi"]) == (61_148, 29_419_156, 29_419_156)
     assert report["input_shape"] == [1, 1, 65, 256] and report["nessi_model"] == "unfolded"
+
+
+def test_submission_package_for_cpmobile_passes_the_validator(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import yaml
+    from test_onnx_export import make_model_file
+    from test_submission import LABEL, small_eval_root
+
+    from sp4sc.challenge.submission import REPO_TEMPLATE
+    from sp4sc.challenge.validate import validate_submission
+    from sp4sc.cli import main as cli_main
+    from sp4sc.data.toy import ensure_toy_dataset
+
+    toy = ensure_toy_dataset(n_per_class_device=2, duration=2.0)  # the shared cache copy
+    evaluation = small_eval_root(toy, tmp_path / "eval")
+    t = yaml.safe_load(REPO_TEMPLATE.read_text())
+    a = t["submission"]["authors"][0]
+    a.update(lastname="Doe", firstname="Jane", email="jane.doe@acme.example")
+    a["affiliation"].update(abbreviation="ACME", institute="Acme Labs")
+    template = tmp_path / "meta_template.yaml"
+    template.write_text(yaml.safe_dump(t, sort_keys=False))
+    ckpt = make_model_file(tmp_path / "cpm.pt", "cpmobile")
+    out = tmp_path / "subs"
+    assert cli_main(["submit", "--ckpt", str(ckpt), "--eval-root", str(evaluation), "--label", LABEL,
+                     "--out", str(out), "--template", str(template)]) == 0
+    report = validate_submission(out / LABEL, eval_root=evaluation)
+    assert report.ok, report
+    meta = yaml.safe_load((out / LABEL / f"{LABEL}.meta.yaml").read_text())
+    assert "cpmobile" in json.dumps(meta)
