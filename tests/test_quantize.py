@@ -141,3 +141,39 @@ def test_complexity_max_bytes_applies_to_int8_as_stored(capsys):
     assert "71,696 (70.0 KB as stored" in capsys.readouterr().out
     assert cli_main(["complexity", "--model", "sp4sc", "--no-macs", "--precision", "int8", "--max-bytes", "70000"]) == 3
     assert "71,696 bytes at int8 (70.0 KB) > limit 70,000" in capsys.readouterr().err
+
+
+def test_submit_int8_ships_the_int8_model_and_states_the_bit_width(tmp_path, capsys):
+    import yaml
+
+    from test_submission import small_eval_root, tiny_model_file
+
+    from sp4sc.data.toy import ensure_toy_dataset
+    from sp4sc.deploy.complexity import complexity_report
+    from sp4sc.deploy.infer import predict_files_onnx
+
+    toy = ensure_toy_dataset(n_per_class_device=2, duration=2.0)
+    ev = small_eval_root(toy, tmp_path / "eval")
+    ckpt = tiny_model_file(tmp_path / "tiny.pt")
+    argv = ["submit", "--ckpt", str(ckpt), "--eval-root", str(ev), "--label", "Doe_ACME_task1a_1", "--out",
+            str(tmp_path / "subs"), "--precision", "int8", "--no-budget"]
+    # int8 without calibration data: one line naming the fix
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision int8: static int8 quantisation needs calibration data" in err
+    assert cli_main(argv + ["--dev-root", str(toy)]) == 0
+    pkg = tmp_path / "subs" / "Doe_ACME_task1a_1"
+    assert (pkg / "model_int8.onnx").is_file()
+    meta = yaml.safe_load((pkg / "Doe_ACME_task1a_1.meta.yaml").read_text())
+    text = json.dumps(meta)
+    assert '"weight_bits": 8' in text and "static int8" in text
+    loaded = load_model(ckpt)
+    stored = complexity_report(loaded.model, loaded.frontend, count_macs=False)["bytes_int8"]
+    assert abs(meta["system"]["complexity"]["model_size"] - stored / 1024) < 0.01
+    # the rows are the int8 model's predictions
+    rows = [line.split("\t") for line in (pkg / "Doe_ACME_task1a_1.output.csv").read_text().splitlines()[1:]]
+    from sp4sc.data.index import load_index
+
+    files = [str(ev / c.path) for c in load_index("tau2021eval", ev).split("test")]
+    probs, classes = predict_files_onnx(pkg / "model_int8.onnx", files)
+    assert [r[1] for r in rows] == [classes[k] for k in probs.argmax(1)]

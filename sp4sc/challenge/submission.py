@@ -17,7 +17,11 @@ The package ``<out>/<label>/`` holds
 Predictions come from the folded model with its weights rounded to float16
 and back (``precision="fp16"``, the default), i.e. the model whose size the meta
 file reports -- what SP4ASC did for its DCASE 2021 entry (facts read from
-valeoai/SP4ASC ``sp4asc/testing.py``; no code copied).
+valeoai/SP4ASC ``sp4asc/testing.py``; no code copied). With ``precision="int8"`` they
+come from the static int8 ONNX model the package ships (``model_int8.onnx``, calibrated
+on the development set's training clips, :mod:`sp4sc.deploy.quantize`), ``model_size`` is
+its bytes as stored, and the meta file's ``sp4sc`` block states ``weight_bits: 8`` and
+the quantisation (every package states its ``weight_bits``).
 
 Clip length is :func:`sp4sc.deploy.infer.predict_files`'s, with the same ``pad`` / ``crop``
 options as ``sp4sc infer`` and the edge runner: each clip at its own length by
@@ -49,7 +53,8 @@ from sp4sc.fileio import to_plain
 from sp4sc.log import logger
 from sp4sc.challenge.validate import HEADER, META_SUFFIX, OUTPUT_SUFFIX, STRICT_SUM_TOL, label_problems, validate_submission
 
-PRECISIONS = {"fp32": 4, "fp16": 2}
+PRECISIONS = {"fp32": 4, "fp16": 2, "int8": 1}
+WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
 TEMPLATE_NAME = "meta_template.yaml"
 REPO_TEMPLATE = Path(__file__).resolve().parents[2] / "submissions" / TEMPLATE_NAME
 
@@ -342,8 +347,14 @@ def quantise_weights(model, precision: str):
 
 def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16,
             pad: str | None = None, crop: bool = False) -> np.ndarray:
-    """(N, C) probabilities in the model's class order, via :func:`sp4sc.deploy.infer.predict_files` (same clip length rules)."""
-    from sp4sc.deploy.infer import predict_files
+    """(N, C) probabilities in the model's class order, via :func:`sp4sc.deploy.infer.predict_files` (same clip length rules);
+    ``loaded`` a path: an exported int8 ONNX model, run by :func:`sp4sc.deploy.infer.predict_files_onnx`."""
+    from sp4sc.deploy.infer import predict_files, predict_files_onnx
+
+    if isinstance(loaded, Path):
+        if tta:
+            raise Sp4scError("--tta: test-time augmentation runs the torch model; not with --precision int8")
+        return predict_files_onnx(loaded, [str(f) for f in files], batch_size=batch_size, pad=pad, crop=crop)[0]
 
     return np.asarray(predict_files(loaded, [str(f) for f in files], tta=tta, seed=seed, batch_size=batch_size,
                                     pad=pad, crop=crop))
@@ -365,12 +376,13 @@ class SubmitResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _export(loaded, pkg: Path, *, no_budget: bool, fp16: bool = True) -> None:
-    """Export the ONNX model(s), complexity.json, frontend.json and parity.json into the package folder."""
+def _export(loaded, pkg: Path, *, no_budget: bool, fp16: bool = True, calib=None) -> None:
+    """Export the ONNX model(s), complexity.json, frontend.json and parity.json into the package folder
+    (with ``calib``, also the static int8 model, :mod:`sp4sc.deploy.quantize`)."""
     from sp4sc.deploy.onnx_export import export_onnx
 
     scratch = pkg / ".onnx_export"
-    export_onnx(loaded, scratch, no_budget=no_budget, fp16=fp16)
+    export_onnx(loaded, scratch, no_budget=no_budget, fp16=fp16, int8=calib is not None, calib=calib)
     for item in sorted(scratch.iterdir()):
         shutil.move(str(item), str(pkg / item.name))
     shutil.rmtree(scratch, ignore_errors=True)
@@ -429,8 +441,8 @@ def make_submission(
     folded = fold_batchnorm(loaded.model)
     report = complexity_report(folded, loaded.frontend)
     over_budget = None
-    try:
-        check_budget(report)
+    try:  # int8: 128 KB as the int8 model stores them (no parameter limit: it is the fp16 equivalent of the bytes)
+        check_budget(report, **({"precision": "int8", "max_params": None} if precision == "int8" else {}))
     except BudgetExceeded as exc:
         if not no_budget:
             raise
@@ -438,7 +450,14 @@ def make_submission(
         warnings.append(f"model is {over_budget}")
     cx = complexity_fields(report, precision)
 
-    deployed = LoadedModel(
+    calib = int8_dir = None
+    if precision == "int8":  # predictions come from the static int8 ONNX model that the package ships
+        import tempfile
+
+        calib = _int8_calibration(ckpt, dev_root, loaded)
+        int8_dir = tempfile.TemporaryDirectory(prefix="sp4sc-int8-")  # removed when this function returns
+        _export(loaded, Path(int8_dir.name), no_budget=True, fp16=False, calib=calib)
+    deployed = Path(int8_dir.name) / "model_int8.onnx" if int8_dir is not None else LoadedModel(
         model=quantise_weights(folded, precision),
         name=loaded.name,
         model_kwargs=loaded.model_kwargs,
@@ -487,6 +506,7 @@ def make_submission(
         "model": loaded.name,
         "frontend": getattr(loaded.frontend, "name", None),
         "precision": precision,
+        "weight_bits": WEIGHT_BITS[precision],  # the bit width of the stored weights (int8: static QDQ model_int8.onnx)
         "tta": int(tta),
         "seed": int(seed),
         "clip_length": {"pad": pad, "crop": bool(crop)},  # None/False: each clip at its own length
@@ -498,6 +518,9 @@ def make_submission(
     distillation = (loaded.meta or {}).get("distillation")
     if distillation:
         provenance["distillation"] = to_plain(distillation)
+    if calib is not None:
+        provenance["quantization"] = (f"static int8: per-channel int8 weights, int32 biases, int8 activations, "
+                                      f"calibrated on {len(calib)} training clips (ONNX QDQ, model_int8.onnx)")
     meta = build_meta(
         tmpl,
         label=label,
@@ -513,7 +536,8 @@ def make_submission(
         write_output_csv(tmp / f"{label}{OUTPUT_SUFFIX}", names, eval_probs)
         write_text(tmp / f"{label}{META_SUFFIX}", meta_yaml_text(meta))
         if export:
-            _export(loaded, tmp, no_budget=no_budget, fp16=precision == "fp16")
+            _export(loaded, tmp, no_budget=no_budget, fp16=precision == "fp16",
+                    **({"calib": calib} if calib is not None else {}))
         if not (tmp / "complexity.json").exists():
             write_json(tmp / "complexity.json", to_plain(report))
         check = validate_submission(tmp, eval_root=eval_root, label=label, sum_tol=STRICT_SUM_TOL)
@@ -526,6 +550,21 @@ def make_submission(
                 warnings.append(str(w).replace(str(tmp), str(target)))
     return SubmitResult(path=target, label=label, rows=len(names), complexity=cx, results=results,
                         over_budget=over_budget, warnings=warnings)
+
+
+def _int8_calibration(ckpt, dev_root, loaded) -> np.ndarray:
+    """Calibration log-mels for ``--precision int8``: training clips of ``dev_root`` (TAU2020 fold1 train),
+    else of the data the checkpoint records; none is a one-line error."""
+    from sp4sc.deploy.quantize import (
+        CALIB_DEFAULT, calibration_clips, clip_features, data_from_checkpoint, require_calibration, split_clips,
+    )
+
+    data = {"dataset": "tau2020", "root": dev_root} if dev_root is not None else data_from_checkpoint(ckpt)
+    if not data:
+        require_calibration(None, "--precision int8")
+    index, train = split_clips(data["dataset"], data["root"], part="train",
+                               **{k: data.get(k) for k in ("fold", "split", "split_dir")})
+    return clip_features(index, calibration_clips(train, CALIB_DEFAULT), loaded.frontend)
 
 
 def _index(dataset: str, root, option: str):

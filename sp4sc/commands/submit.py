@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", metavar="PATH",
                         help="hand-written meta fields (default: <out>/meta_template.yaml, else the repository's)")
     parser.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16",
-                        help="weight precision the predictions and model_size use (default fp16; int8 only counts "
-                             "bytes for 2024/2025, predictions then run at fp16)")
+                        help="weight precision the predictions and model_size use (default fp16; int8: the 2021 "
+                             "package ships and predicts with the static int8 ONNX model, calibrated on --dev-root's "
+                             "training clips; 2024/2025 count bytes at int8, predictions then run at fp16)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per inference batch")
     from sp4sc.commands.infer import add_clip_length_arguments
 
@@ -62,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError("--ckpt: required for --edition 2021 (the model file or Lightning checkpoint)")
     if args.split_ckpt or args.device_ckpt:
         raise Sp4scError("--split-ckpt / --device-ckpt: only for --edition 2024 / 2025")
-    if args.precision == "int8":
-        raise Sp4scError("--precision int8: the 2021 package counts fp16 or fp32; int8 goes with --edition 2024/2025")
     res = make_submission(
         args.ckpt,
         args.eval_root,
