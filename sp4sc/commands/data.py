@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("summary", help="clip counts per split, device, scene and city",
                        description="Clip counts per split, device, scene and city of a dataset.")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="metadata layout")
-    p.add_argument("--root", required=True, help="dataset root (the folder with meta.csv, or meta/ and audio/ for esc)")
+    p.add_argument("--root", required=True, help="dataset root (the folder with meta.csv, or meta/ and audio/ for esc; tau2022: "
+                        "split_setup/ and/or meta.csv, audio/ beside them)")
     p.add_argument("--skip-audio-check", action="store_true", help="do not check that the listed audio files exist")
     p.add_argument("--split-dir", metavar="DIR",
                    help="tau2022: folder of split5..split100.csv and test.csv (default ROOT/split_setup)")

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TAU evaluation folder: the output must list exactly the files of its evaluation_setup/fold1_test.csv")
     parser.add_argument("--rows", type=int, default=None, metavar="N",
                         help="without --eval-root: the number of files the output must list (default 7920, the TAU "
-                             "2021 evaluation set for task 1A, whose names 0.wav ... 7919.wav are checked too)")
+                             "2021 evaluation set for task 1A, whose names 0.wav ... 7919.wav are checked too; "
+                             "--edition 2024: 135,730, names 0.wav ... 135729.wav; 2025: not checked)")
     parser.add_argument("--official", action="store_true",
                         help="apply only the rules of the organisers' DCASE 2021 task 1 validator (default: those "
                              "and sp4sc's stricter ones, marked as such)")
