@@ -124,11 +124,15 @@ def test_cli_int8_on_esc_layout_and_edge_runner(tmp_path, capsys):
     assert np.abs(np.array(doc["probs"]) - probs8).max() < 2e-3
 
 
-def test_pool_as_depthwise_is_the_same_function(tmp_path):
-    loaded = load_model(make_model_file(tmp_path / "m.pt", "cnn6"))
-    proto = onnx_export.to_onnx(fold_batchnorm(loaded.model), TINY.n_mels, 32)
-    swapped = quantize.pool_as_depthwise(proto)
-    assert "AveragePool" not in {n.op_type for n in swapped.graph.node}
+@pytest.mark.parametrize("name", ["cnn6", "sp4sc"])
+def test_int8_graph_forms_are_the_same_function(name, tmp_path):
+    loaded = load_model(make_model_file(tmp_path / "m.pt", name))
+    proto = onnx_export.to_onnx(onnx_export.deploy_model(fold_batchnorm(loaded.model)), TINY.n_mels, 32)
+    swapped = quantize.first_conv_as_taps(quantize.pool_as_depthwise(proto))
+    ops = [n.op_type for n in swapped.graph.node]
+    assert "AveragePool" not in ops  # pools as depthwise convs
+    # SP4SC's merged first block: a plus-shaped 5x5 kernel, 5 distinct taps; CNN6's dense 5x5 stays a conv
+    assert ops.count("Slice") == {"sp4sc": 5, "cnn6": 0}[name]
     x = onnx_export.parity_inputs(TINY.n_mels, [(2, 45)], seed=3)[0]
     a = onnx_export.ort_session(proto).run(["logits"], {"logmel": x})[0]
     b = onnx_export.ort_session(swapped).run(["logits"], {"logmel": x})[0]

@@ -18,7 +18,9 @@ class-balanced and deterministic (per class, clips ordered by a hash of their pa
 and the seed, taken round robin), so the same data and ``N`` always give the same
 model. No calibration data, no int8 model (:func:`require_calibration`).
 
-Graph form: a 2x2 average pooling (stride 2, no padding) becomes a depthwise 2x2
+Graph forms (same function, checked in tests): a 1-channel first convolution becomes
+shifted copies of its input at the kernel's non-zero taps and a 1x1 convolution
+(:func:`first_conv_as_taps`); a 2x2 average pooling (stride 2, no padding) becomes a depthwise 2x2
 convolution with weights 1/4 (:func:`pool_as_depthwise`): the same function, and
 0.25 is exact in int8 at a per-channel scale. ONNX Runtime 1.32's QLinearAveragePool
 took about 7 ms of SP4SC's 23 ms at the sp4asc front end on one Xeon core; the
@@ -171,6 +173,66 @@ def pool_as_depthwise(proto):
     return model
 
 
+def first_conv_as_taps(proto):
+    """A copy of ``proto`` whose sparse-kernel convolutions of the (affine-normalised) graph input with one
+    channel (stride 1, no dilation, one group; fewer non-zero taps than the kernel's area) become "im2col by slices": the padded input's shifted copies at the kernel's non-zero
+    taps, concatenated as channels, and a 1x1 convolution over them.
+
+    The same function; at int8 ONNX Runtime runs the 1x1 form as one GEMM with K = taps (SP4SC's
+    plus-shaped 5x5 kernel: 9 taps) where its 1-channel 5x5 QLinearConv is slow (about 8 ms of 23
+    at the sp4asc front end on one core, 5.7 ms in this form).
+    """
+    import copy
+
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(proto)
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = numpy_helper.to_array(inits[node.input[1]]) if node.op_type == "Conv" and node.input[1] in inits else None
+        ok = (w is not None and w.ndim == 4 and w.shape[1] == 1 and attrs.get("group", 1) == 1
+              and all(v == 1 for v in attrs.get("strides", [1, 1])) and all(v == 1 for v in attrs.get("dilations", [1, 1]))
+              and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET") and w.shape[2] * w.shape[3] > 1
+              and (node.input[0] in {i.name for i in model.graph.input} or producers.get(node.input[0]) is not None
+                   and producers[node.input[0]].op_type in ("Add", "Mul")))
+        taps = [] if not ok else [(dy, dx) for dy in range(w.shape[2]) for dx in range(w.shape[3])
+                                  if np.any(w[:, 0, dy, dx] != 0)]
+        if not ok or len(taps) == w.shape[2] * w.shape[3]:  # only sparse kernels gain (fewer taps than the area)
+            nodes.append(node)
+            continue
+        kh, kw = w.shape[2], w.shape[3]
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))  # top, left, bottom, right
+        base = node.name or node.output[0]
+        pad_name = f"{base}_taps_pads"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], dtype=np.int64), pad_name))
+        padded = f"{base}_taps_padded"
+        nodes.append(helper.make_node("Pad", [node.input[0], pad_name], [padded], name=f"{base}_taps_pad"))
+        big = np.iinfo(np.int64).max
+        cols = []
+        for dy, dx in taps:  # (batch, 1, frames, mels) shifted by (dy, dx)
+            names = [f"{base}_tap{dy}{dx}_{k}" for k in ("starts", "ends", "axes")]
+            ends = [-(kh - 1 - dy) if kh - 1 - dy else big, -(kw - 1 - dx) if kw - 1 - dx else big]
+            for name, arr in zip(names, ([dy, dx], ends, [2, 3])):
+                model.graph.initializer.append(numpy_helper.from_array(np.array(arr, dtype=np.int64), name))
+            out = f"{base}_tap{dy}{dx}"
+            nodes.append(helper.make_node("Slice", [padded, *names], [out], name=f"{base}_tap{dy}{dx}"))
+            cols.append(out)
+        stacked = f"{base}_taps"
+        nodes.append(helper.make_node("Concat", cols, [stacked], name=f"{base}_taps_concat", axis=1))
+        w1 = np.stack([w[:, 0, dy, dx] for dy, dx in taps], axis=1)[:, :, None, None].astype(np.float32)
+        wname = f"{base}_taps_weight"
+        model.graph.initializer.append(numpy_helper.from_array(w1, wname))
+        nodes.append(helper.make_node("Conv", [stacked, wname, *node.input[2:]], list(node.output), name=f"{base}_1x1",
+                                      kernel_shape=[1, 1]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def calibration_reader(x: np.ndarray, input_name: str = "logmel", batch: int = CALIB_BATCH):
     """An ``onnxruntime.quantization.CalibrationDataReader`` over log-mels ``x``, ``batch`` clips a call."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -195,8 +257,10 @@ def calibration_reader(x: np.ndarray, input_name: str = "logmel", batch: int = C
 def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"):
     """The QDQ int8 model of a float logmel model, calibrated on ``calib`` ``(n, 1, frames, mels)``.
 
-    Per-channel symmetric int8 weights, int8 activations (MinMax calibration), AveragePool
-    as depthwise conv first (:func:`pool_as_depthwise`). Deterministic for the same inputs.
+    Per-channel symmetric int8 weights, int8 activations (MinMax calibration); first the graph
+    forms ONNX Runtime's int8 kernels run faster (:func:`pool_as_depthwise`,
+    :func:`first_conv_as_taps`); the node making each output and the softmax stay float.
+    Deterministic for the same inputs.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -205,7 +269,10 @@ def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"
 
     require_calibration(calib)
     reader = calibration_reader(np.ascontiguousarray(calib, np.float32), input_name)
-    graph = pool_as_depthwise(proto)
+    graph = first_conv_as_taps(pool_as_depthwise(proto))
+    # the outputs stay float: logits from a float last layer, probabilities not rounded to 1/256 steps
+    outputs = {o.name for o in graph.graph.output}
+    keep_float = [n.name for n in graph.graph.node if n.op_type == "Softmax" or set(n.output) & outputs]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(graph, src)
@@ -214,6 +281,7 @@ def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"
             quantize_static(
                 src, dst, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep_float,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         return onnx.load(dst)
