@@ -9,10 +9,20 @@ with the probe trained on the training clips of the run's own split only
 (``datamodule.clips("train")``: for an ESC-format dataset the other folds, for
 TAU2020 fold1 train). Validation clips are never used to fit it: the epoch kept
 is the one with the lowest loss on the training clips themselves (the sweep
-selects on its evaluation split, which a teacher must not see). Its logits on
-the training clips are therefore in-sample predictions, as in Hinton et al.
-(2015) and EfficientAT's ``ex_audioset.py`` (a teacher that has fitted the
-training set and still spreads probability over similar classes).
+selects on its evaluation split, which a teacher must not see).
+
+By default (``cross_fit: 0``) its logits on the training clips are in-sample
+predictions, as in Hinton et al. (2015) and EfficientAT's ``ex_audioset.py`` (a
+teacher that has fitted the training set and still spreads probability over
+similar classes). With ``cross_fit: k`` they are out-of-fold (cross-fitted): the
+training clips are split into ``k`` inner folds (:func:`inner_folds`: whole groups
+— ESC's official folds, which keep the takes of one recording together; TAU's
+recording locations — never split), and a clip's target is the output of a probe
+fitted on the other ``k - 1`` inner folds, so no target comes from a probe that saw
+that clip with its label (:func:`cross_fit_logits`). Validation and test clips get
+the probe fitted on all training clips (they are only reported). Each inner probe
+is cached (``probe_inner<i>of<k>.pt`` + ``.json``) as the logits are, so a killed
+run resumes without refitting what it had finished.
 
 Classes are the datamodule's, in its order (a probe output ``j`` is
 ``datamodule.classes[j]``).
@@ -50,7 +60,7 @@ ARG = "--model.kd_teacher"
 # kinds of the settings, for values that arrive as strings from the command line
 _KINDS = {"encoder": "str", "ckpt": "opt_str", "random_init": "bool", "init_seed": "int", "dt": "float",
           "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str",
-          "online": "bool"}
+          "online": "bool", "cross_fit": "int"}
 _PROBE_KINDS = {"hidden": "int", "epochs": "int", "batch_size": "int", "lr": "float", "weight_decay": "float"}
 _EXPECTED = {"str": "a string (a name or a path)", "bool": "true or false", "int": "an integer", "float": "a number"}
 
@@ -108,6 +118,10 @@ class TeacherConfig:
             ``~/.cache/sp4sc``).
         online: run the encoder on every training batch, on the waveforms mixed as the student's
             inputs are (:class:`OnlineTeacher`), instead of reading one cached target per clip.
+        cross_fit: 0 (in-sample targets, the probe fitted on every training clip) or ``k >= 2``:
+            out-of-fold targets, each training clip's from a probe fitted on the other ``k - 1`` of
+            ``k`` inner folds (see the module docstring). ESC-50: 4, the four training folds of
+            an outer fold (the official folds keep a recording's takes together).
     """
 
     encoder: str = "efficientat_mn04"
@@ -122,6 +136,7 @@ class TeacherConfig:
     batch_size: int = 32
     cache_dir: Optional[str] = None
     online: bool = False
+    cross_fit: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TeacherConfig":
@@ -157,6 +172,12 @@ class TeacherConfig:
             raise Sp4scError(f"{ARG}.batch_size {self.batch_size}: must be at least 1")
         if self.ckpt is not None and self.random_init:
             raise Sp4scError(f"{ARG}.ckpt and {ARG}.random_init: give one of the two, not both")
+        if self.cross_fit < 0 or self.cross_fit == 1:
+            raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit}: give the number of inner folds (>= 2; 4 for "
+                             "ESC-50's four training folds), or 0 for in-sample targets")
+        if self.cross_fit and self.online:
+            raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit} with {ARG}.online true: the online teacher labels "
+                             "every batch with one probe fitted on all training clips; drop one of the two")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (what the checkpoint's hyper-parameters hold)."""
@@ -196,6 +217,8 @@ class TeacherKey:
         classes: class names, as a JSON string (their order is the logits' order).
         train_set: SHA-256 of the training clips (path, label, size, modification time).
         format: version of this cache layout.
+        cross_fit: inner folds of out-of-fold targets (0: in-sample); in the digest only when
+            set, so the caches of in-sample teachers keep their folders.
     """
 
     encoder: str
@@ -207,10 +230,14 @@ class TeacherKey:
     classes: str
     train_set: str
     format: int = FORMAT
+    cross_fit: int = 0
 
     def digest(self) -> str:
         """16 hex digits naming the cache folder."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = asdict(self)
+        if not d["cross_fit"]:
+            del d["cross_fit"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -260,6 +287,7 @@ def teacher_key(cfg: TeacherConfig, classes: Sequence[str], train_clips: Sequenc
         encoder=cfg.encoder, weights=cfg.weights_identity(), dt=float(cfg.dt),
         hop=float(cfg.dt if cfg.hop is None else cfg.hop), sample_rate=int(bundle.sample_rate), probe=probe,
         classes=json.dumps([str(c) for c in classes]), train_set=_train_set_digest(train_clips, stamps),
+        cross_fit=int(cfg.cross_fit),
     )
 
 
@@ -316,12 +344,21 @@ class _Teacher:
         return np.stack([np.asarray(e, dtype=np.float32).mean(axis=0) for e in self.window_embeddings(paths)])
 
     def fitted_probe(self, train_clips: Sequence):
-        """The probe: read from the cache folder, or fitted on ``train_clips`` (and stored)."""
-        if self.probe is not None:
-            return self.probe
+        """The probe on every training clip: read from the cache folder, or fitted on ``train_clips`` (and stored)."""
+        if self.probe is None:
+            self.probe = self._probe("probe", train_clips)
+        return self.probe
+
+    def inner_probe(self, i: int, fit_clips: Sequence):
+        """The probe of inner fold ``i`` of :attr:`TeacherConfig.cross_fit`: fitted on ``fit_clips`` (the
+        training clips outside inner fold ``i``), cached as ``probe_inner<i>of<k>.pt``."""
+        return self._probe(f"probe_inner{i}of{self.cfg.cross_fit}", fit_clips)
+
+    def _probe(self, stem: str, fit_clips: Sequence):
+        """A probe read from ``<folder>/<stem>.pt``, or fitted on ``fit_clips`` and stored there (with ``.json``)."""
         from sp4sc.probes.probe import make_probe_module
 
-        path = None if self.folder is None else self.folder / "probe.pt"
+        path = None if self.folder is None else self.folder / f"{stem}.pt"
         if path is not None and path.is_file():
             from sp4sc.models.checkpoint import check_state_dict, read_checkpoint
 
@@ -331,33 +368,116 @@ class _Teacher:
             dim = int(state["mean"].shape[0])
             module = make_probe_module(dim, self.n_classes, self.cfg.probe, np.zeros(dim), np.ones(dim))
             check_state_dict(module, state, f"{path} (delete the folder {self.folder} to refit)")
-            self.probe = module.eval()
-            return self.probe
-        paths = [c.path for c in train_clips]
-        x = self.clip_embeddings(paths)  # (n_train, dim)
-        y = np.array([c.label for c in train_clips], dtype=np.int64)
-        # selection on the training clips themselves: no validation clip is ever seen
-        self.probe = train_probe(x, y, x, y, self.n_classes, self.cfg.probe, self.cfg.seed)
+            return module.eval()
+        paths = [c.path for c in fit_clips]
+        x = self.clip_embeddings(paths)  # (n_fit, dim)
+        y = np.array([c.label for c in fit_clips], dtype=np.int64)
+        # selection on the fitting clips themselves: no validation clip is ever seen
+        probe = train_probe(x, y, x, y, self.n_classes, self.cfg.probe, self.cfg.seed)
         if self.folder is not None:
             from sp4sc.fileio import atomic_path, write_json
 
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                torch.save({k: v.detach().cpu().clone() for k, v in self.probe.state_dict().items()}, tmp)
+                torch.save({k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}, tmp)
             with torch.inference_mode():
-                train_acc = float((self.probe(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-            write_json(self.folder / "probe.json", {
+                train_acc = float((probe(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+            write_json(self.folder / f"{stem}.json", {
                 "format": FORMAT, "config": {**self.cfg.to_dict(), "cache_dir": None}, "fit_clips": paths,
                 "labels": y.tolist(), "train_accuracy": train_acc,
             })
-        return self.probe
+        return probe
 
     def logits(self, paths: list[str], train_clips: Sequence) -> np.ndarray:
-        """Teacher logits ``(n, n_classes)`` of clips."""
-        probe = self.fitted_probe(train_clips)
-        x = self.clip_embeddings(paths)
+        """Teacher logits ``(n, n_classes)`` of clips.
+
+        With ``cross_fit: k`` a training clip's row comes from the probe of its inner fold, fitted
+        on the training clips of the other inner folds (:func:`cross_fit_logits`); every other clip's
+        from the probe on all training clips.
+        """
+        x = self.clip_embeddings(paths)  # (n, dim)
+        out = np.zeros((len(paths), self.n_classes), dtype=np.float32)
+        row = {c.path: i for i, c in enumerate(train_clips)}
+        rest = list(range(len(paths)))
+        if self.cfg.cross_fit:
+            fold_of = inner_folds(train_clips, self.cfg.cross_fit, self.cfg.seed)
+            mine = [j for j, p in enumerate(paths) if p in row]
+            rest = [j for j, p in enumerate(paths) if p not in row]
+            if mine:
+                inner = np.array([fold_of[row[paths[j]]] for j in mine])
+
+                def probe_for(i: int):
+                    return self.inner_probe(i, [c for c, f in zip(train_clips, fold_of) if f != i])
+
+                out[mine] = cross_fit_logits(x[mine], inner, probe_for)
+        if rest:
+            probe = self.fitted_probe(train_clips)
+            with torch.inference_mode():
+                out[rest] = probe(torch.from_numpy(x[rest])).float().numpy()
+        return out
+
+
+def _group(clip: Any) -> str:
+    """What must stay in one inner fold: ESC's official fold (a recording's takes share it), else TAU's
+    recording location, else the clip itself."""
+    if getattr(clip, "fold", None) is not None:
+        return f"fold:{clip.fold}"
+    if getattr(clip, "location", None):
+        return f"location:{clip.location}"
+    return f"clip:{clip.path}"
+
+
+def inner_folds(clips: Sequence, k: int, seed: int = 0) -> list[int]:
+    """Inner fold (0 .. k-1) of each training clip, for out-of-fold teacher targets.
+
+    Clips of one group (:func:`_group`: ESC fold, TAU location, else the clip) share a fold. Groups
+    are taken in an order fixed by a hash of (seed, group) and each goes to the fold holding the
+    fewest clips so far (ties: the lowest index): balanced, deterministic, independent of the
+    clips' order. With ESC-50's four training folds and ``k = 4`` each inner fold is one official fold.
+
+    Raises:
+        Sp4scError: fewer groups than ``k``.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault(_group(c), []).append(i)
+    if len(groups) < k:
+        kinds = sorted({g.split(":")[0] for g in groups})
+        raise Sp4scError(f"{ARG}.cross_fit {k}: the {len(clips)} training clips form only {len(groups)} groups "
+                         f"({'/'.join(kinds)}; a group is never split, so no near-copy of a clip fits its target's "
+                         f"probe); use {ARG}.cross_fit {len(groups)} or less")
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    sizes = [0] * k
+    fold = [0] * len(clips)
+    for g in order:
+        i = min(range(k), key=lambda j: (sizes[j], j))
+        for c in groups[g]:
+            fold[c] = i
+        sizes[i] += len(groups[g])
+    return fold
+
+
+def cross_fit_logits(x: np.ndarray, inner: np.ndarray, probe_for: Any) -> np.ndarray:
+    """Out-of-fold logits: row ``j`` is ``probe_for(inner[j])(x[j])``.
+
+    Args:
+        x: float32 ``(n, dim)`` clip embeddings.
+        inner: ``(n,)`` inner fold of each clip.
+        probe_for: ``i -> probe`` fitted on the clips outside inner fold ``i`` (none of the rows it labels).
+
+    Returns:
+        float32 ``(n, n_classes)``.
+    """
+    out = None
+    for i in sorted(set(int(v) for v in inner)):
+        rows = np.nonzero(inner == i)[0]
+        probe = probe_for(i)  # fitted (with gradients) or read, outside inference mode
         with torch.inference_mode():
-            return probe(torch.from_numpy(x)).float().numpy()
+            part = probe(torch.from_numpy(np.ascontiguousarray(x[rows]))).float().numpy()
+        if out is None:
+            out = np.zeros((len(x), part.shape[1]), dtype=np.float32)
+        out[rows] = part
+    return out
 
 
 def train_probe(*args, **kwargs):
@@ -547,6 +667,9 @@ def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True)
     The probe is the one :func:`compute_teacher` fits and caches for the same training set
     (read from the cache when it is there). The caller's random streams are left as they were.
     """
+    if cfg.cross_fit:
+        raise Sp4scError(f"--model.train_crop with {ARG}.cross_fit {cfg.cross_fit}: crop targets come from one probe "
+                         "fitted on all training clips, which would not be out-of-fold; drop one of the two")
     with _random_streams_kept():
         teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
         probe = teacher.fitted_probe(train)
@@ -675,4 +798,4 @@ def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, 
 
 
 __all__ = ["OnlineTeacher", "TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher",
-           "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]
+           "cross_fit_logits", "inner_folds", "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]

@@ -226,7 +226,9 @@ class SceneClassifier(pl.LightningModule):
             ``encoder`` (e.g. ``efficientat_mn04``), ``ckpt`` (a local checkpoint; or
             ``random_init: true`` for pipeline checks), ``dt`` (window length, s; the probe reads
             the mean window embedding), ``hop``, ``probe`` (``{epochs, lr, weight_decay, hidden,
-            batch_size}``), ``seed``, ``device``, ``batch_size``, ``cache_dir``. Set one key from
+            batch_size}``), ``seed``, ``device``, ``batch_size``, ``cache_dir``, ``cross_fit`` (k >= 2:
+            out-of-fold targets for the training clips, each from a probe fitted on the other inner
+            folds; 0: in-sample). Set one key from
             the command line with ``--model.kd_teacher.ckpt PATH``. Its probe is fitted on the
             training clips only; its logits are computed once before training and cached.
             ``online: true`` runs the encoder on every batch instead, on the waveforms mixed as
@@ -498,7 +500,8 @@ class SceneClassifier(pl.LightningModule):
                       for s, t in out.logits.items() if t.shape[0]}
         self.kd_info = {
             "encoder": cfg.encoder, "weights": out.key.weights, "dt": cfg.dt, "hop": out.key.hop,
-            "fit_clips": len(out.fit_clips), "accuracy": dict(out.accuracy), "top_probability": confidence,
+            "fit_clips": len(out.fit_clips), "cross_fit": cfg.cross_fit,
+            "accuracy": dict(out.accuracy), "top_probability": confidence,
             "cache": None if out.folder is None else str(out.folder),
         }
         if self.kd_embed_head is not None:
@@ -527,7 +530,9 @@ class SceneClassifier(pl.LightningModule):
         acc = ", ".join(f"{s} {100 * a:.1f} %" for s, a in out.accuracy.items())
         conf = ", ".join(f"{s} {p:.3f}" for s, p in confidence.items())
         logger.info(f"distillation teacher {cfg.encoder} ({out.key.weights[:19]}) + probe on the mean embedding at "
-                    f"dt={cfg.dt:g} s, fitted on {len(out.fit_clips)} training clips: accuracy {acc}; "
+                    f"dt={cfg.dt:g} s, fitted on {len(out.fit_clips)} training clips"
+                    + (f" (training-clip targets out-of-fold over {cfg.cross_fit} inner folds)" if cfg.cross_fit else "")
+                    + f": accuracy {acc}; "
                     f"mean top probability at T={temperature:g}: {conf}; "
                     f"kd_lambda {self.hparams['kd_lambda']}, temperature {temperature}")
 
