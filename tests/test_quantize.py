@@ -124,6 +124,21 @@ def test_cli_int8_on_esc_layout_and_edge_runner(tmp_path, capsys):
     assert np.abs(np.array(doc["probs"]) - probs8).max() < 2e-3
 
 
+def test_untrained_model_with_equal_biases_is_quantised_everywhere():
+    """The exporter shares equal initializers (an untrained model's zero biases); every conv is still int8."""
+    from sp4sc.models import create_model
+
+    torch.manual_seed(0)
+    folded = fold_batchnorm(create_model("sp4sc_w32", n_mels=TINY.n_mels).eval())  # fresh BN: all-zero biases
+    proto = onnx_export.to_onnx(onnx_export.deploy_model(folded), TINY.n_mels, 32)
+    calib = onnx_export.parity_inputs(TINY.n_mels, [(8, 63)], model=folded)[0]
+    q = quantize.quantize_static_int8(proto, calib)
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 8 and all(producers.get(n.input[1]) == "DequantizeLinear" for n in convs)
+    assert all(producers.get(n.input[2]) == "DequantizeLinear" for n in convs if len(n.input) > 2)
+
+
 @pytest.mark.parametrize("name", ["cnn6", "sp4sc"])
 def test_int8_graph_forms_are_the_same_function(name, tmp_path):
     loaded = load_model(make_model_file(tmp_path / "m.pt", name))

@@ -233,6 +233,46 @@ def first_conv_as_taps(proto):
     return model
 
 
+def own_initializers(proto):
+    """A copy of ``proto`` where every conv / gemm weight and bias is an initializer of its own.
+
+    The exporter folds equal constants into one initializer (e.g. the all-zero biases of an untrained
+    model) and feeds extra users through ``Identity``; ONNX Runtime's quantiser leaves a convolution with
+    a shared bias in float (a float Conv among int8 ones, slower than either).
+    """
+    import copy
+
+    from onnx import numpy_helper
+
+    model = copy.deepcopy(proto)
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:  # Identity of an initializer -> an initializer named as its output
+        if node.op_type == "Identity" and node.input[0] in inits:
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]),
+                                                                   node.output[0]))
+            continue
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    inits = {t.name: t for t in model.graph.initializer}
+    users: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] += 1
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name in inits and users[name] > 1:
+                new = f"{name}__{node.name or node.output[0]}"
+                model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]), new))
+                node.input[k] = new
+                users[name] -= 1
+    return model
+
+
 def calibration_reader(x: np.ndarray, input_name: str = "logmel", batch: int = CALIB_BATCH):
     """An ``onnxruntime.quantization.CalibrationDataReader`` over log-mels ``x``, ``batch`` clips a call."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -269,7 +309,7 @@ def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"
 
     require_calibration(calib)
     reader = calibration_reader(np.ascontiguousarray(calib, np.float32), input_name)
-    graph = first_conv_as_taps(pool_as_depthwise(proto))
+    graph = first_conv_as_taps(pool_as_depthwise(own_initializers(proto)))
     # the outputs stay float: logits from a float last layer, probabilities not rounded to 1/256 steps
     outputs = {o.name for o in graph.graph.output}
     keep_float = [n.name for n in graph.graph.node if n.op_type == "Softmax" or set(n.output) & outputs]
