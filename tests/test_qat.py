@@ -83,6 +83,9 @@ def test_qat_fine_tune_checkpoint_loads_strictly_and_exports_int8(tmp_path):
     module = SceneClassifier("sp4sc_w32", lr=1e-4, qat=True, qat_from=str(plain))
     q.fit(module, datamodule=datamodule())
     assert module.backbone.qat and any(type(m).__name__ == "_QATConv2d" for m in module.backbone.modules())
+    # the fake quantisation was not bypassed: no CPU path (raw-weight kernels), no compile, no bf16
+    assert module.train_setup["cpu_path"] is False and not module.train_setup["compile"] and not module.train_setup["bf16"]
+    assert not any(getattr(m, "cpu_path", False) for m in module.backbone.modules())
     qckpt = tmp_path / "qat.ckpt"
     q.save_checkpoint(qckpt)
     loaded = load_model(qckpt)  # strict

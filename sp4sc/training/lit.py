@@ -645,9 +645,11 @@ class SceneClassifier(pl.LightningModule):
         from sp4sc.training.cpu_training import CpuTraining, choose
 
         h = self.hparams
+        # QAT: the plain forward only (the CPU path's kernels read raw weights, compile and bf16 alter the fake quant)
+        off = h.get("qat") or None
         self._cpu = CpuTraining(setup={"device": self.device.type}) if self.backbone is None else choose(
-            self.backbone, self.device.type, h.get("cpu_path"), h.get("compile_backbone"), h.get("cpu_bf16"),
-            name=self.arch_name)
+            self.backbone, self.device.type, False if off else h.get("cpu_path"),
+            False if off else h.get("compile_backbone"), False if off else h.get("cpu_bf16"), name=self.arch_name)
         self.train_setup = self._cpu.setup
         if self.kd_embed_head is not None and self._cpu.compiled is not None:
             self._cpu.compiled = torch.compile(self.backbone.logits_and_features, dynamic=False)
