@@ -291,3 +291,58 @@ def test_esc50_kd_recipe_is_the_plain_recipe_plus_an_out_of_fold_teacher():
     cfg = TeacherConfig.from_dict(kd["model"]["kd_teacher"])
     assert cfg.ckpt is None and cfg.encoder == "efficientat_mn04" and cfg.dt == 5.0
     assert cfg.cross_fit == 4  # ESC-50: an outer fold's four official training folds
+
+
+# ----------------------------------------------------------------------------- a fine-tuned teacher
+
+def _inner_cv(data: Path, out: Path, cache: Path, folds: list[int]) -> Path:
+    from sp4sc.cli import main
+
+    argv = ["cv", "--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root", str(data),
+            "--folds", *map(str, folds), "--out", str(out), "--data.frontend", "demo", "--data.duration", "0.5",
+            "--data.batch_size", "4", "--data.cache_dir", str(cache), "--data.progress", "false",
+            "--model.backbone", "sp4sc_w32", "--model.spec_augment", "[4, 1, 4, 1]", "--trainer.max_epochs", "1",
+            "--trainer.enable_model_summary", "false", "--trainer.logger", "false"]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_finetuned_teacher_targets_are_out_of_fold(esc, tmp_path):
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.frontend.features import LogMel
+    from sp4sc.models.checkpoint import load_model
+
+    # outer fold 1: the inner cross-validation runs on folds 2 and 3 only, one fit validated on each
+    inner = teacher_mod.inner_cv_root(esc, 1, tmp_path / "outer1")
+    cvdir = _inner_cv(inner, tmp_path / "cv_outer1", tmp_path / "features", [2, 3])
+    dm = _dm(esc, tmp_path)
+    cfg = _cfg(tmp_path, finetuned=str(cvdir))
+    out = compute_teacher(dm, cfg, stages=("train", "val"))
+    train = dm.clips("train")
+    models = {m.fold: m for m in teacher_mod.finetuned_models(cvdir)}
+    assert sorted(models) == [2, 3] and all(not {c.path for c in dm.clips("val")} & m.trained_on
+                                            for m in models.values())
+    # a fold-2 clip's target is the prediction of the fit validated on fold 2 (trained on fold 3 alone)
+    j = next(n for n, c in enumerate(train) if c.fold == 2)
+    assert train[j].path not in models[2].trained_on and train[j].path in models[3].trained_on
+    loaded = load_model(models[2].checkpoint)
+    wav = torch.from_numpy(load_audio(Path(dm.index().root) / train[j].path, loaded.frontend.sample_rate,
+                                      loaded.frontend.duration))[None]
+    with torch.no_grad():
+        by_hand = loaded.model(LogMel(loaded.frontend)(wav).unsqueeze(1))[0]
+    torch.testing.assert_close(out.logits["train"][j], by_hand.float())
+    again = compute_teacher(dm, cfg, stages=("train", "val"))  # cached
+    assert again.computed == 0 and torch.equal(again.logits["train"], out.logits["train"])
+    # refused: fits that saw the outer validation fold (an inner CV over the full dataset) ...
+    leaky = _inner_cv(esc, tmp_path / "cv_full", tmp_path / "features", [2, 3])
+    with pytest.raises(Sp4scError, match=r"was trained on 6 clips of this run's validation fold"):
+        compute_teacher(dm, _cfg(tmp_path, finetuned=str(leaky)), stages=("train", "val"))
+    # ... a missing inner fold, and the combinations that are not out-of-fold
+    (cvdir / "fold3" / "result.json").rename(cvdir / "fold3" / "result.moved")
+    with pytest.raises(Sp4scError, match=r"no inner fit validated on fold 3"):
+        compute_teacher(dm, cfg, stages=("train", "val"), use_cache=False)
+    with pytest.raises(Sp4scError, match=r"kd_teacher.finetuned with"):
+        _cfg(tmp_path, finetuned=str(cvdir), cross_fit=2)
+    with pytest.raises(Sp4scError, match=r"kd_teacher.finetuned /no/such: no such folder"):
+        compute_teacher(dm, _cfg(tmp_path, finetuned="/no/such"))

@@ -24,6 +24,16 @@ the probe fitted on all training clips (they are only reported). Each inner prob
 is cached (``probe_inner<i>of<k>.pt`` + ``.json``) as the logits are, so a killed
 run resumes without refitting what it had finished.
 
+A fine-tuned network can be the teacher instead (``finetuned: DIR``, e.g. EfficientAT
+mn04 fine-tuned with ``recipes/esc50_mn04_finetune.yaml``); its targets must be
+out-of-fold too, so DIR is the ``sp4sc cv`` output of an *inner* cross-validation: for
+the outer fold f, a dataset holding only the other folds (:func:`inner_cv_root`) and
+one fit per remaining fold g, trained on the folds other than f and g. A training clip
+of fold g gets the prediction of the fit validated on g (:class:`FinetunedModel`);
+before any target is used, :func:`check_out_of_fold` proves from each checkpoint's data
+settings that no model labels a clip it was trained on and that none was trained on a
+clip of the outer validation fold. Validation clips get the mean of the inner models.
+
 Classes are the datamodule's, in its order (a probe output ``j`` is
 ``datamodule.classes[j]``).
 
@@ -60,7 +70,7 @@ ARG = "--model.kd_teacher"
 # kinds of the settings, for values that arrive as strings from the command line
 _KINDS = {"encoder": "str", "ckpt": "opt_str", "random_init": "bool", "init_seed": "int", "dt": "float",
           "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str",
-          "online": "bool", "cross_fit": "int"}
+          "online": "bool", "cross_fit": "int", "finetuned": "opt_str"}
 _PROBE_KINDS = {"hidden": "int", "epochs": "int", "batch_size": "int", "lr": "float", "weight_decay": "float"}
 _EXPECTED = {"str": "a string (a name or a path)", "bool": "true or false", "int": "an integer", "float": "a number"}
 
@@ -122,6 +132,9 @@ class TeacherConfig:
             out-of-fold targets, each training clip's from a probe fitted on the other ``k - 1`` of
             ``k`` inner folds (see the module docstring). ESC-50: 4, the four training folds of
             an outer fold (the official folds keep a recording's takes together).
+        finetuned: an ``sp4sc cv`` output folder of fine-tuned networks (an inner cross-validation
+            over the training folds, see the module docstring) whose out-of-fold predictions are
+            the targets, instead of the frozen encoder + probe. None: the probe.
     """
 
     encoder: str = "efficientat_mn04"
@@ -137,6 +150,7 @@ class TeacherConfig:
     cache_dir: Optional[str] = None
     online: bool = False
     cross_fit: int = 0
+    finetuned: Optional[str] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TeacherConfig":
@@ -175,6 +189,10 @@ class TeacherConfig:
         if self.cross_fit < 0 or self.cross_fit == 1:
             raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit}: give the number of inner folds (>= 2; 4 for "
                              "ESC-50's four training folds), or 0 for in-sample targets")
+        if self.finetuned is not None and (self.cross_fit or self.online):
+            raise Sp4scError(f"{ARG}.finetuned with {ARG}.cross_fit / {ARG}.online: a fine-tuned teacher's targets "
+                             "are out-of-fold by its inner cross-validation and come from its cached predictions; "
+                             "set cross_fit 0 and online false")
         if self.cross_fit and self.online:
             raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit} with {ARG}.online true: the online teacher labels "
                              "every batch with one probe fitted on all training clips; drop one of the two")
@@ -185,6 +203,11 @@ class TeacherConfig:
 
     def check_weights(self) -> None:
         """Refuse a teacher without weights, or with a checkpoint that is not a file (before any work)."""
+        if self.finetuned is not None:
+            if not Path(self.finetuned).expanduser().is_dir():
+                raise Sp4scError(f"{ARG}.finetuned {self.finetuned}: no such folder; give the `sp4sc cv --out` "
+                                 "folder of the teacher's inner cross-validation")
+            return
         if self.ckpt is None and not self.random_init:
             raise Sp4scError(f"{ARG}.ckpt: give the teacher encoder's checkpoint (e.g. {ARG}.ckpt "
                              f"../shared/weights/efficientat/mn04_as_mAP_432.pt), or {ARG}.random_init true "
@@ -196,9 +219,13 @@ class TeacherConfig:
     def weights_identity(self) -> str:
         """``sha256:<checkpoint hash>`` or ``random-init-seed<N>`` (the encoder bundle's ``identity``)."""
         self.check_weights()
+        from sp4sc.probes.bundle import file_sha256
+
+        if self.finetuned is not None:
+            rows = [[m.fold, file_sha256(m.checkpoint)] for m in finetuned_models(self.finetuned, with_index=False)]
+            return "finetuned:" + hashlib.sha256(json.dumps(rows).encode()).hexdigest()
         if self.random_init:
             return f"random-init-seed{self.init_seed}"
-        from sp4sc.probes.bundle import file_sha256
 
         return f"sha256:{file_sha256(Path(self.ckpt).expanduser())}"
 
@@ -395,6 +422,9 @@ class _Teacher:
         on the training clips of the other inner folds (:func:`cross_fit_logits`); every other clip's
         from the probe on all training clips.
         """
+        if self.cfg.finetuned is not None:
+            return finetuned_logits(finetuned_models(self.cfg.finetuned), self.root, paths, train_clips,
+                                    self.n_classes, self.cfg.batch_size)
         x = self.clip_embeddings(paths)  # (n, dim)
         out = np.zeros((len(paths), self.n_classes), dtype=np.float32)
         row = {c.path: i for i, c in enumerate(train_clips)}
@@ -545,6 +575,9 @@ def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str],
         raise Sp4scError(f"{ARG}: {len(unlabelled)} training clips without a label (e.g. {unlabelled[0]}); "
                          "the teacher's probe needs labelled clips")
     per_stage = {s: list(datamodule.clips(s)) for s in dict.fromkeys(("train", *stages))}
+    if cfg.finetuned is not None:
+        evaluation = [c for s in ("val", "test") for c in datamodule.clips(s)]
+        check_out_of_fold(finetuned_models(cfg.finetuned), train, evaluation, classes)
     needed: dict[str, Any] = {}
     for clips in per_stage.values():
         for c in clips:
@@ -578,6 +611,147 @@ def _compute_teacher(datamodule: Any, cfg: TeacherConfig, stages: Sequence[str],
             accuracy[stage] = float((arr[list(idx)].argmax(axis=1) == np.array(lab)).mean())
     return TeacherOutput(logits=logits, accuracy=accuracy, fit_clips=[c.path for c in train], key=key,
                          folder=folder, computed=len(missing))
+
+
+@dataclass
+class FinetunedModel:
+    """One fit of a fine-tuned teacher's inner cross-validation.
+
+    Attributes:
+        fold: its validation fold: the clips whose targets it gives.
+        checkpoint: its checkpoint (``result.json``'s ``checkpoint``).
+        trained_on: paths (relative to the dataset root) of the clips it was trained on, from its
+            checkpoint's data settings (dataset root and validation fold); empty with ``with_index=False``.
+    """
+
+    fold: int
+    checkpoint: Path
+    trained_on: frozenset = frozenset()
+
+
+def finetuned_models(folder: str | os.PathLike, with_index: bool = True) -> list[FinetunedModel]:
+    """The fits of an ``sp4sc cv`` output folder (``fold<k>/result.json``), in fold order.
+
+    Each checkpoint is read with ``weights_only=True``; its ``datamodule_hyper_parameters``
+    (written by LightningCLI) name the dataset root and validation fold it was fitted with,
+    from which the clips it was trained on are listed (ESC-format data: every fold but its own).
+    """
+    from sp4sc.models.checkpoint import read_checkpoint
+
+    top = Path(folder).expanduser()
+    results = sorted(top.glob("fold*/result.json"))
+    if not results:
+        raise Sp4scError(f"{ARG}.finetuned {folder}: no fold*/result.json; give the `sp4sc cv --out` folder of the "
+                         "teacher's inner cross-validation (finished folds write result.json)")
+    models = []
+    for r in results:
+        res = json.loads(r.read_text())
+        ckpt = Path(str(res.get("checkpoint", "")))
+        if not ckpt.is_file():
+            raise Sp4scError(f"{r}: its checkpoint {ckpt} is missing; rerun that fold of the inner cross-validation")
+        trained: frozenset = frozenset()
+        fold = int(res["fold"])
+        if with_index:
+            hp = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
+            if hp.get("dataset") != "esc" or not hp.get("root") or int(hp.get("fold", -1)) != fold:
+                raise Sp4scError(f"{ckpt}: its data settings (dataset {hp.get('dataset')!r}, fold {hp.get('fold')!r}) do "
+                                 f"not say which ESC clips it was trained on; a fine-tuned teacher must come from "
+                                 "`sp4sc cv` on an ESC-format dataset")
+            from sp4sc.data.index import load_index
+
+            index = load_index("esc", hp["root"], check_audio=False)
+            trained = frozenset(c.path for name, clips in index.splits.items() if name != f"fold{fold}" for c in clips)
+        models.append(FinetunedModel(fold, ckpt, trained))
+    return models
+
+
+def check_out_of_fold(models: Sequence[FinetunedModel], train: Sequence, evaluation: Sequence,
+                      classes: Sequence[str]) -> None:
+    """Refuse fine-tuned targets that would not be out-of-fold (one-line errors naming the clip and the fit).
+
+    Every training clip needs the fit validated on its fold, and that fit must not have been
+    trained on it; no fit may have been trained on a validation or test clip of the run.
+    """
+    by_fold = {m.fold: m for m in models}
+    for c in train:
+        m = by_fold.get(c.fold)
+        if m is None:
+            raise Sp4scError(f"{ARG}.finetuned: no inner fit validated on fold {c.fold} (training clip {c.path}); run "
+                             f"the inner cross-validation with --folds {' '.join(map(str, sorted({t.fold for t in train})))}")
+        if c.path in m.trained_on:
+            raise Sp4scError(f"{ARG}.finetuned: {m.checkpoint} was trained on {c.path}, so its target for that clip "
+                             "would not be out-of-fold; build the inner dataset with inner_cv_root")
+    for m in models:
+        seen = sorted({c.path for c in evaluation if c.path in m.trained_on})
+        if seen:
+            raise Sp4scError(f"{ARG}.finetuned: {m.checkpoint} was trained on {len(seen)} clips of this run's "
+                             f"validation fold (e.g. {seen[0]}); its inner dataset must leave the outer fold out "
+                             "(inner_cv_root)")
+    from sp4sc.models.checkpoint import read_checkpoint
+
+    for m in models:
+        theirs = list((read_checkpoint(m.checkpoint).get("sp4sc") or {}).get("classes") or [])
+        if theirs != [str(c) for c in classes]:
+            raise Sp4scError(f"{ARG}.finetuned: {m.checkpoint} predicts other classes than this run's "
+                             f"({len(theirs)} vs {len(classes)}); fine-tune it on the same dataset")
+
+
+def finetuned_logits(models: Sequence[FinetunedModel], root: Path, paths: list[str], train: Sequence,
+                     n_classes: int, batch_size: int = 32) -> np.ndarray:
+    """Logits ``(n, n_classes)``: a training clip's from the fit validated on its fold, any other clip's the
+    mean over the fits. Each fit runs on its own front end's log-mels (float32) in eval mode."""
+    from sp4sc.frontend.audio import load_audio
+    from sp4sc.frontend.features import LogMel
+    from sp4sc.models.checkpoint import load_model
+
+    fold_of = {c.path: c.fold for c in train}
+    out = np.zeros((len(paths), n_classes), dtype=np.float32)
+    count = np.zeros(len(paths), dtype=np.float32)
+    for m in models:
+        rows = [j for j, p in enumerate(paths) if fold_of.get(p, m.fold) == m.fold]
+        if not rows:
+            continue
+        loaded = load_model(m.checkpoint)
+        fe = loaded.frontend
+        logmel = LogMel(fe).eval()
+        for i in range(0, len(rows), batch_size):
+            part = rows[i : i + batch_size]
+            wav = torch.from_numpy(np.stack([load_audio(root / paths[j], fe.sample_rate, fe.duration) for j in part]))
+            with torch.inference_mode():
+                logits = loaded.model(logmel(wav).unsqueeze(1)).float().numpy()  # (batch, n_classes)
+            out[part] += logits
+            count[part] += 1
+    return out / np.maximum(count, 1)[:, None]
+
+
+def inner_cv_root(root: str | os.PathLike, outer_fold: int, dest: str | os.PathLike) -> Path:
+    """An ESC-format dataset at ``dest`` holding every fold of ``root`` but ``outer_fold`` (for a fine-tuned
+    teacher's inner cross-validation): ``meta/<csv>`` without that fold's rows (written atomically) and
+    ``audio`` a link to ``root``'s audio folder. Returns ``dest``.
+    """
+    import csv as _csv
+
+    from sp4sc.data.index import _esc_csv
+    from sp4sc.fileio import atomic_path
+
+    src = Path(root).expanduser().resolve()
+    out = Path(dest).expanduser()
+    meta = _esc_csv(src)
+    with open(meta, newline="") as fh:
+        rows = list(_csv.DictReader(fh))
+    if not any(int(r["fold"]) == int(outer_fold) for r in rows):
+        raise Sp4scError(f"{meta}: no clip in fold {outer_fold}; give one of the dataset's folds")
+    keep = [r for r in rows if int(r["fold"]) != int(outer_fold)]
+    (out / "meta").mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "meta" / meta.name) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = _csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+            w.writeheader()
+            w.writerows(keep)
+    link = out / "audio"
+    if not link.exists():
+        link.symlink_to(src / "audio", target_is_directory=True)
+    return out
 
 
 @dataclass
@@ -654,6 +828,9 @@ def teacher_embeddings(datamodule: Any, cfg: TeacherConfig, use_cache: bool = Tr
     error against them is about 1 for a student that predicts the average clip. Read from the
     embedding cache :func:`compute_teacher` fills. The caller's random streams are left as they were.
     """
+    if cfg.finetuned is not None:
+        raise Sp4scError(f"--model.kd_embed_weight with {ARG}.finetuned: feature distillation reads the frozen "
+                         "encoder's embeddings; set --model.kd_embed_weight 0")
     with _random_streams_kept():
         teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
         x = teacher.clip_embeddings([c.path for c in train])  # (n_train, dim)
@@ -667,8 +844,9 @@ def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True)
     The probe is the one :func:`compute_teacher` fits and caches for the same training set
     (read from the cache when it is there). The caller's random streams are left as they were.
     """
-    if cfg.cross_fit:
-        raise Sp4scError(f"--model.train_crop with {ARG}.cross_fit {cfg.cross_fit}: crop targets come from one probe "
+    if cfg.cross_fit or cfg.finetuned is not None:
+        what = f"{ARG}.cross_fit {cfg.cross_fit}" if cfg.cross_fit else f"{ARG}.finetuned"
+        raise Sp4scError(f"--model.train_crop with {what}: crop targets come from one probe "
                          "fitted on all training clips, which would not be out-of-fold; drop one of the two")
     with _random_streams_kept():
         teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
@@ -798,4 +976,5 @@ def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, 
 
 
 __all__ = ["OnlineTeacher", "TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher",
-           "cross_fit_logits", "inner_folds", "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]
+           "FinetunedModel", "check_out_of_fold", "cross_fit_logits", "finetuned_logits", "finetuned_models",
+           "inner_cv_root", "inner_folds", "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]
