@@ -196,3 +196,20 @@ def test_submit_int8_ships_the_int8_model_and_states_the_bit_width(tmp_path, cap
     files = [str(ev / c.path) for c in load_index("tau2021eval", ev).split("test")]
     probs, classes = predict_files_onnx(pkg / "model_int8.onnx", files)
     assert [r[1] for r in rows] == [classes[k] for k in probs.argmax(1)]
+
+
+def test_bench_infer_reports_int8_against_fp32_per_thread_count():
+    from sp4sc.benchmarks.infer import format_table, run_bench
+
+    res = run_bench("sp4sc_w32", "demo", repeats=1, threads=(1, 2), batches=(1,), unfolded=False, dynamic=True)
+    rows = {(r["name"], r["threads"]): r for r in res["rows"]}
+    for t in (1, 2):
+        assert rows[("model: ONNX Runtime fp32", t)]["vs_fp32"] == 1.0
+        for p in ("fp16", "int8", "int8-dynamic"):
+            r = rows[(f"model: ONNX Runtime {p}", t)]
+            assert r["vs_fp32"] == pytest.approx(r["ms_per_clip"] / rows[("model: ONNX Runtime fp32", t)]["ms_per_clip"])
+        assert rows[("end to end: numpy front end + ONNX Runtime int8", t)]["vs_fp32"] > 0
+    assert set(res["goal"]["int8_vs_fp32_by_threads"]) == {1, 2}
+    table = format_table(res)
+    assert "goal: static int8 model <= 0.5x fp32:" in table and "x at 2 threads" in table
+    assert f"{rows[('model: ONNX Runtime int8', 1)]['vs_fp32']:.2f}x" in table
