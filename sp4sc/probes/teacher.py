@@ -647,6 +647,8 @@ def finetuned_models(folder: str | os.PathLike, with_index: bool = True) -> list
     for r in results:
         res = json.loads(r.read_text())
         ckpt = Path(str(res.get("checkpoint", "")))
+        if not ckpt.is_file() and (r.parent / "checkpoints" / ckpt.name).is_file():
+            ckpt = r.parent / "checkpoints" / ckpt.name  # a relative path written from another working folder
         if not ckpt.is_file():
             raise Sp4scError(f"{r}: its checkpoint {ckpt} is missing; rerun that fold of the inner cross-validation")
         trained: frozenset = frozenset()
