@@ -86,6 +86,17 @@ def test_every_family_exports_static_int8(name, tmp_path):
     v = report["parity"]["variants"]["int8"]
     assert v["passed"] is None and v["mean_abs_prob"] < 0.05  # random weights: near-uniform probs, top-1 is noise
     assert v["clips"]["clips"] == 6 and "accuracy_int8" not in v["clips"]
+    # what the file stores: every conv / linear weight int8 (SP4SC's plus kernels with their zeros, the pools'
+    # 1/4 kernels: at least the model's count), every bias int32 (exactly the model's)
+    stored, rule = v["stored_bytes"], report["complexity"]["int8_bytes"]
+    assert stored["int8_weights"] >= rule["int8_weights"] and stored["int32_biases"] == rule["int32_biases"]
+    # the logits are float all the way from the last layer (a float-output linear layer or float pooling):
+    # not rounded to int8 steps
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    last = producers["logits"]
+    while last.op_type in ("Cast", "Identity"):
+        last = producers[last.input[0]]
+    assert last.op_type != "DequantizeLinear"
 
 
 def test_int8_export_refused_without_calibration(tmp_path, capsys):

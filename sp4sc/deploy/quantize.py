@@ -311,8 +311,7 @@ def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"
     reader = calibration_reader(np.ascontiguousarray(calib, np.float32), input_name)
     graph = first_conv_as_taps(pool_as_depthwise(own_initializers(proto)))
     # the outputs stay float: logits from a float last layer, probabilities not rounded to 1/256 steps
-    outputs = {o.name for o in graph.graph.output}
-    keep_float = [n.name for n in graph.graph.node if n.op_type == "Softmax" or set(n.output) & outputs]
+    keep_float = _output_tail(graph)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(graph, src)
@@ -322,48 +321,64 @@ def quantize_static_int8(proto, calib: np.ndarray, *, input_name: str = "logmel"
                 src, dst, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=keep_float,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                # linear layers' outputs stay float (QGemm writes float): logits are not rounded to int8 steps
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                               "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"]},
             )
         return onnx.load(dst)
 
 
+_TAIL_OPS = ("Cast", "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "GlobalAveragePool", "ReduceMean",
+             "Softmax")
+
+
+def _output_tail(graph) -> list[str]:
+    """Names of the nodes between the last compute layer and the graph outputs (casts, reshapes, global
+    pooling, softmax): left in float so the logits and probabilities are not rounded to int8 steps."""
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    tail: list[str] = []
+    todo = [o.name for o in graph.graph.output]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in tail:
+            continue
+        if node.op_type in _TAIL_OPS or set(node.output) & {o.name for o in graph.graph.output}:
+            tail.append(node.name)
+            if node.op_type in _TAIL_OPS:
+                todo.extend(node.input[:1])
+    return tail
+
+
 def int8_initializer_bytes(proto) -> dict[str, int]:
-    """Bytes of a QDQ graph's stored parameters: int8 weights, int32 biases, their scales and zero points,
-    and float initializers left (e.g. the input affine); activation scales are counted apart."""
+    """Bytes of what a QDQ graph stores, by role: quantised parameters (int8 weights, int32 biases),
+    their scales and zero points, float parameters left unquantised, and activation scales and zero
+    points (the last are not parameters). The file holds SP4SC's plus kernels as 5x5 (zeros included)."""
     from onnx import numpy_helper
 
-    consumers: dict[str, list] = defaultdict(list)
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            consumers[name].append((node, i))
-    quantized_weights = set()
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     out = {"int8_weights": 0, "int32_biases": 0, "weight_scales_and_zero_points": 0, "float_params": 0,
            "activation_scales_and_zero_points": 0}
-    inits = {t.name: t for t in proto.graph.initializer}
-    for name, t in inits.items():
-        arr = numpy_helper.to_array(t)
-        if arr.dtype == np.int8 and arr.ndim >= 2:
-            out["int8_weights"] += arr.nbytes
-            quantized_weights.add(name)
-        elif arr.dtype == np.int32:
-            out["int32_biases"] += arr.nbytes
+    seen: set[str] = set()
     for node in proto.graph.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) >= 2:
-            src = node.input[0]
-            param = src in inits and numpy_helper.to_array(inits[src]).dtype in (np.int8, np.int32)
-            for extra in node.input[1:]:
-                if extra in inits:
-                    key = "weight_scales_and_zero_points" if param else "activation_scales_and_zero_points"
-                    out[key] += numpy_helper.to_array(inits[extra]).nbytes
-    used_by_float = set()
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        param = node.op_type == "DequantizeLinear" and node.input[0] in inits
+        if param and node.input[0] not in seen:
+            arr = inits[node.input[0]]
+            out["int32_biases" if arr.dtype == np.int32 else "int8_weights"] += arr.nbytes
+            seen.add(node.input[0])
+        for name in node.input[1:]:
+            if name in inits and name not in seen:
+                out["weight_scales_and_zero_points" if param else "activation_scales_and_zero_points"] += inits[name].nbytes
+                seen.add(name)
     for node in proto.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         for name in node.input:
-            if name in inits and numpy_helper.to_array(inits[name]).dtype == np.float32:
-                used_by_float.add(name)
-    out["float_params"] = sum(numpy_helper.to_array(inits[n]).nbytes for n in used_by_float
-                              if numpy_helper.to_array(inits[n]).size > 1)
+            arr = inits.get(name)
+            if arr is not None and name not in seen and arr.dtype == np.float32 and arr.size > 1:
+                out["float_params"] += arr.nbytes
+                seen.add(name)
     out["params_total"] = (out["int8_weights"] + out["int32_biases"] + out["weight_scales_and_zero_points"]
                            + out["float_params"])
     return out
