@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,12 @@ class EdgeFrontEnd:
 
     Args:
         cfg: the ``"frontend"`` entry of ``frontend.json`` (``FrontEndConfig.to_dict()``).
+        workers: threads (0: the cores this process may use); each takes a run of frames through
+            window, FFT, power and mel product. At batch 1 the cores are otherwise idle while the
+            front end runs.
     """
 
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: dict[str, Any], workers: int = 0):
         missing = [k for k in FRONTEND_KEYS if k not in cfg]
         if missing:
             raise EdgeError(f"frontend.json: front end lacks {missing}; re-export the model with `sp4sc export`")
@@ -120,8 +124,12 @@ class EdgeFrontEnd:
         self.n_samples = int(round(float(cfg["duration"]) * self.sample_rate))
         self.window = hann_window(int(cfg["win_length"]), self.n_fft)
         self.mel_fb = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, float(cfg["f_min"]), float(cfg["f_max"]))
-        self._rfft, self.dtype = _real_fft()
-        self._rfft64 = _real_fft64()
+        if not workers:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.workers = max(1, int(workers))
+        self._rfft, self.dtype = _real_fft()  # one thread per call: the frames are split over the workers
+        self._pool = None  # a ThreadPoolExecutor of workers - 1 threads, made on first use
+        self._rfft64 = _real_fft64(self.workers)
         self._window = self.window.astype(self.dtype)
         self._mel = _BandedMel(self.mel_fb)
 
@@ -151,21 +159,36 @@ class EdgeFrontEnd:
         n_frames = self.n_frames(wav.shape[-1])
         out = np.empty((wav.shape[0], n_frames, self.n_mels), dtype=np.float32)
         buf = self._buffers(n_frames)
+        # frames split into one run per worker (numpy, scipy.fft and BLAS release the GIL)
+        step = -(-n_frames // self.workers) if n_frames >= MIN_FRAMES_PER_WORKER * self.workers else n_frames
+        runs = [(r, min(r + step, n_frames)) for r in range(0, n_frames, step)]
+        if len(runs) > 1 and self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="edge_frontend")
         for i, x in enumerate(wav):  # one clip at a time keeps memory flat; buffers are reused
             x = np.pad(x.astype(self.dtype, copy=False), pad, mode="reflect")
             frames = np.lib.stride_tricks.sliding_window_view(x, self.n_fft)[:: self.hop]  # (frames, n_fft)
-            np.multiply(frames, self._window, out=buf["frames"])
-            spec = self._rfft(buf["frames"])  # (frames, n_fft // 2 + 1) complex, all frames in one call
-            parts = spec.view(self.dtype).reshape(n_frames, -1, 2)  # (frames, bins, [re, im])
-            np.square(parts, out=buf["sq"])
-            power = np.add(buf["sq"][..., 0], buf["sq"][..., 1], out=buf["power"], casting="same_kind")
-            mel = self._mel(power)  # (frames, mels) float32
+            mel = np.empty((n_frames, self.n_mels), dtype=np.float32)
+            done = [self._pool.submit(self._mel_rows, frames, buf, a, b, mel) for a, b in runs[1:]]
+            self._mel_rows(frames, buf, *runs[0], mel)
+            for f in done:
+                f.result()
             if self.dtype == np.float32:
                 self._refine(x, mel)
             np.maximum(mel, np.float32(self.amin), out=mel)
             np.log10(mel, out=mel)
             np.multiply(mel, np.float32(10.0), out=out[i])
         return out  # (batch, frames, mels)
+
+    def _mel_rows(self, frames: np.ndarray, buf: dict[str, np.ndarray], a: int, b: int, mel: np.ndarray) -> None:
+        """Mel power of frames ``a:b`` into ``mel[a:b]``: window, rfft, power, banded mel product."""
+        windowed = np.multiply(frames[a:b], self._window, out=buf["frames"][a:b])
+        spec = self._rfft(windowed)  # (b - a, n_fft // 2 + 1) complex, one call for the run
+        parts = spec.view(self.dtype).reshape(b - a, -1, 2)  # (frames, bins, [re, im])
+        sq = np.square(parts, out=buf["sq"][a:b])
+        power = np.add(sq[..., 0], sq[..., 1], out=buf["power"][a:b], casting="same_kind")
+        mel[a:b] = self._mel(power)  # (frames, mels) float32
 
     def _refine(self, x: np.ndarray, mel: np.ndarray) -> None:
         """Recompute in float64 the frames whose mel bands span more than :data:`FLOAT32_RANGE`.
@@ -185,14 +208,16 @@ class EdgeFrontEnd:
         mel[idx] = self._mel(np.square(spec.real) + np.square(spec.imag), np.float64)
 
 
-def _real_fft64():
-    """float64 rfft over the last axis: scipy.fft's (two workers when there are several frames) or numpy's."""
+def _real_fft64(workers: int = 1):
+    """float64 rfft over the last axis: scipy.fft's (``workers`` threads when there are many frames) or numpy's."""
     try:
         import scipy.fft as sfft
     except ImportError:
         return lambda frames: np.fft.rfft(frames, axis=-1)
-    return lambda frames: sfft.rfft(frames, axis=-1, overwrite_x=True, workers=2 if frames.shape[0] >= 64 else 1)
+    return lambda frames: sfft.rfft(frames, axis=-1, overwrite_x=True, workers=workers if frames.shape[0] >= 64 else 1)
 
+
+MIN_FRAMES_PER_WORKER = 64  # shorter inputs run on one thread (a hand-off costs more than it saves)
 
 # float32 FFT frames whose mel bands span more than this power ratio (90 dB) are redone in float64
 FLOAT32_RANGE = np.float32(1e9)

@@ -224,3 +224,19 @@ def test_bench_infer_reports_int8_against_fp32_per_thread_count():
     table = format_table(res)
     assert "goal: static int8 model <= 0.5x fp32:" in table and "x at 2 threads" in table
     assert f"{rows[('model: ONNX Runtime int8', 1)]['vs_fp32']:.2f}x" in table
+
+
+def test_edge_front_end_threads_give_the_same_log_mels():
+    """The frames split over worker threads (edge runner's --threads) compute what one thread does."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+    import edge_frontend
+
+    from sp4sc.frontend.features import frontend_preset
+
+    cfg = frontend_preset("sp4asc", duration=5.0)  # 216 frames: 3 runs of 72
+    wav = (0.1 * np.random.default_rng(2).standard_normal((2, cfg.n_samples))).astype(np.float32)
+    one = edge_frontend.EdgeFrontEnd(cfg.to_dict(), workers=1)(wav)
+    three = edge_frontend.EdgeFrontEnd(cfg.to_dict(), workers=3)
+    assert three.workers == 3
+    np.testing.assert_allclose(three(wav), one, rtol=0, atol=1e-4)
+    assert three._pool is not None  # the threaded path ran

@@ -35,8 +35,9 @@ FP16_PROB_TOL = 1e-2
 WAVEFORM_PROB_TOL = 1e-4  # front end in the graph (float64 STFT) vs LogMel + torch model
 
 
-def ort_session(model_proto_or_bytes, threads: int = 0):
-    """A CPU ONNX Runtime session from a ModelProto, bytes or path."""
+def ort_session(model_proto_or_bytes, threads: int = 0, spin: bool = True):
+    """A CPU ONNX Runtime session from a ModelProto, bytes or path (``spin=False``: idle threads do not
+    spin between runs, as the edge runner sets it)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -44,6 +45,8 @@ def ort_session(model_proto_or_bytes, threads: int = 0):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model_proto_or_bytes
     if hasattr(src, "SerializeToString"):
         src = src.SerializeToString()
