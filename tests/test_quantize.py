@@ -180,7 +180,7 @@ def test_submit_int8_ships_the_int8_model_and_states_the_bit_width(tmp_path, cap
 
     from sp4sc.data.toy import ensure_toy_dataset
     from sp4sc.deploy.complexity import complexity_report
-    from sp4sc.deploy.infer import predict_files_onnx
+    from sp4sc.deploy.onnx_infer import predict_files_onnx
 
     toy = ensure_toy_dataset(n_per_class_device=2, duration=2.0)
     ev = small_eval_root(toy, tmp_path / "eval")

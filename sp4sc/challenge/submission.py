@@ -348,8 +348,9 @@ def quantise_weights(model, precision: str):
 def predict(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, seed: int = 0, batch_size: int = 16,
             pad: str | None = None, crop: bool = False) -> np.ndarray:
     """(N, C) probabilities in the model's class order, via :func:`sp4sc.deploy.infer.predict_files` (same clip length rules);
-    ``loaded`` a path: an exported int8 ONNX model, run by :func:`sp4sc.deploy.infer.predict_files_onnx`."""
-    from sp4sc.deploy.infer import predict_files, predict_files_onnx
+    ``loaded`` a path: an exported int8 ONNX model, run by :func:`sp4sc.deploy.onnx_infer.predict_files_onnx`."""
+    from sp4sc.deploy.infer import predict_files
+    from sp4sc.deploy.onnx_infer import predict_files_onnx
 
     if isinstance(loaded, Path):
         if tta:

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sp4sc.deploy.infer import format_table, predict_files, result_json
 
     if args.onnx:
-        from sp4sc.deploy.infer import predict_files_onnx
+        from sp4sc.deploy.onnx_infer import predict_files_onnx
         from sp4sc.errors import Sp4scError
 
         if args.tta:
