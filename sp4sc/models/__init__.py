@@ -1,8 +1,7 @@
 """Model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
 
 Families live one per file (:mod:`sp4sc.models.cnn6`, :mod:`sp4sc.models.sp4sc`,
-:mod:`sp4sc.models.cpmobile`)
-and register their named variants explicitly with :func:`register_model`
+:mod:`sp4sc.models.cpmobile`, :mod:`sp4sc.models.efficientat`) and register their named variants explicitly with :func:`register_model`
 (the idea of timm's ``@register_model``; no ``globals()`` or ``eval`` lookup).
 
 Every model maps log-mels ``(batch, 1, frames, mels)`` of any frame count to
@@ -10,6 +9,8 @@ logits ``(batch, n_classes)`` and carries ``arch_name`` (its registry name) and
 ``arch_kwargs`` (a JSON-able dict) so that
 ``create_model(m.arch_name, **m.arch_kwargs)`` rebuilds it; each block has a
 ``fuse()`` that folds its BatchNorm in place (see :func:`sp4sc.models.fold.fold_batchnorm`).
+Beside the families: BatchNorm folding (:mod:`.fold`), model files and checkpoints
+(:mod:`.checkpoint`), shared layers (:mod:`._common`) and the CPU-path kernels (:mod:`.cpu_ops`).
 
 May import: ``frontend`` (checkpoints record the front end) and the top-level utilities.
 """
