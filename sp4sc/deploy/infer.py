@@ -122,7 +122,7 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     Raises:
         Sp4scError: a file is missing, unreadable or too short for the model (named), or a bad argument.
     """
-    from sp4sc.frontend.audio import ClipLengths, fit_clip, load_audio
+    from sp4sc.frontend.audio import ClipLengths
     from sp4sc.frontend.features import LogMel
     from sp4sc.log import logger
 
@@ -139,23 +139,13 @@ def predict_files(loaded, files: Sequence[str | os.PathLike], *, tta: int = 0, s
     lengths = ClipLengths(cfg.n_samples, cfg.sample_rate, pad, crop)
     min_samples = min_clip_samples(cfg, int(getattr(model, "min_frames", 1)))
     rows: dict[int, np.ndarray] = {}
-    for start in range(0, len(files), batch_size):
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # length -> [(clip index, waveform)]
-        for i in range(start, min(start + batch_size, len(files))):
-            raw = load_audio(files[i], cfg.sample_rate, None)
-            wav = fit_clip(raw, cfg.n_samples, pad=pad, crop=crop)
-            if wav.shape[0] < min_samples:
-                raise Sp4scError(too_short_message(files[i], wav.shape[0], min_samples, cfg.sample_rate,
-                                                   cfg.duration, pad))
-            lengths.add(raw.shape[0], wav.shape[0])
-            groups.setdefault(wav.shape[0], []).append((i, wav))
-        for group in groups.values():
-            ids = [i for i, _ in group]
-            with torch.no_grad():
-                x = logmel(torch.from_numpy(np.stack([w for _, w in group]))).unsqueeze(1)  # (batch, 1, frames, mels)
-                probs = predict_features(model, x, tta=tta, seed=seed, spec_augment=augment, indices=ids)
-            for i, row in zip(ids, probs.float().numpy()):
-                rows[i] = row
+    for group in clip_groups(files, cfg, batch_size, pad, crop, min_samples, lengths):
+        ids = [i for i, _ in group]
+        with torch.no_grad():
+            x = logmel(torch.from_numpy(np.stack([w for _, w in group]))).unsqueeze(1)  # (batch, 1, frames, mels)
+            probs = predict_features(model, x, tta=tta, seed=seed, spec_augment=augment, indices=ids)
+        for i, row in zip(ids, probs.float().numpy()):
+            rows[i] = row
     note = lengths.note()
     if note:
         logger.info("clip length: %s", note)
@@ -192,3 +182,27 @@ def format_table(classes: Sequence[str], files: Sequence[str], probs: np.ndarray
         k = int(np.argmax(row))
         lines.append(f"{f}\t{classes[k]}\t{row[k]:.4f}")
     return "\n".join(lines)
+
+
+def clip_groups(files: Sequence[str], cfg, batch_size: int, pad: str | None, crop: bool, min_samples: int,
+                lengths):
+    """Read ``files`` in batches of ``batch_size`` and yield each batch's clips grouped by length.
+
+    Each clip is loaded at the front end's rate and fitted (:func:`sp4sc.frontend.audio.fit_clip`);
+    a clip shorter than ``min_samples`` is a one-line error; ``lengths`` tallies what was fitted.
+    ``lengths`` is a :class:`sp4sc.frontend.audio.ClipLengths`. Yields lists of
+    ``(clip index, waveform)`` of one length (one forward pass each).
+    """
+    from sp4sc.frontend.audio import fit_clip, load_audio
+
+    for start in range(0, len(files), batch_size):
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # length -> [(clip index, waveform)]
+        for i in range(start, min(start + batch_size, len(files))):
+            raw = load_audio(files[i], cfg.sample_rate, None)
+            wav = fit_clip(raw, cfg.n_samples, pad=pad, crop=crop)
+            if wav.shape[0] < min_samples:
+                raise Sp4scError(too_short_message(files[i], wav.shape[0], min_samples, cfg.sample_rate,
+                                                   cfg.duration, pad))
+            lengths.add(raw.shape[0], wav.shape[0])
+            groups.setdefault(wav.shape[0], []).append((i, wav))
+        yield from groups.values()

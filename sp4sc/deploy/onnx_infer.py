@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sp4sc.deploy.infer import min_clip_samples, too_short_message
+from sp4sc.deploy.infer import clip_groups, min_clip_samples
 from sp4sc.errors import Sp4scError
 
 
@@ -63,7 +63,7 @@ def predict_files_onnx(model_path: str | os.PathLike, files: Sequence[str | os.P
     The library's audio loading and :class:`sp4sc.frontend.features.LogMel` (as :func:`predict_files`), the
     model under ONNX Runtime at its stored precision (an int8 export runs its int8 kernels).
     """
-    from sp4sc.frontend.audio import ClipLengths, fit_clip, load_audio
+    from sp4sc.frontend.audio import ClipLengths
     from sp4sc.frontend.features import LogMel
     from sp4sc.log import logger
 
@@ -75,22 +75,12 @@ def predict_files_onnx(model_path: str | os.PathLike, files: Sequence[str | os.P
     lengths = ClipLengths(cfg.n_samples, cfg.sample_rate, pad, crop)
     min_samples = min_clip_samples(cfg, 1)
     rows: dict[int, np.ndarray] = {}
-    for start in range(0, len(files), batch_size):
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for i in range(start, min(start + batch_size, len(files))):
-            raw = load_audio(files[i], cfg.sample_rate, None)
-            wav = fit_clip(raw, cfg.n_samples, pad=pad, crop=crop)
-            if wav.shape[0] < min_samples:
-                raise Sp4scError(too_short_message(files[i], wav.shape[0], min_samples, cfg.sample_rate,
-                                                   cfg.duration, pad))
-            lengths.add(raw.shape[0], wav.shape[0])
-            groups.setdefault(wav.shape[0], []).append((i, wav))
-        for group in groups.values():
-            with torch.no_grad():
-                x = logmel(torch.from_numpy(np.stack([w for _, w in group]))).unsqueeze(1).numpy()  # (b, 1, frames, mels)
-            (probs,) = session.run(["probs"], {"logmel": x})
-            for (i, _), row in zip(group, probs):
-                rows[i] = row
+    for group in clip_groups(files, cfg, batch_size, pad, crop, min_samples, lengths):
+        with torch.no_grad():
+            x = logmel(torch.from_numpy(np.stack([w for _, w in group]))).unsqueeze(1).numpy()  # (b, 1, frames, mels)
+        (probs,) = session.run(["probs"], {"logmel": x})
+        for (i, _), row in zip(group, probs):
+            rows[i] = row
     note = lengths.note()
     if note:
         logger.info("clip length: %s", note)
