@@ -101,7 +101,7 @@ def test_mixup_is_a_convex_pairing():
 
 
 def test_mixup_draw_is_the_draw_mixup_makes():
-    """What the online distillation teacher mixes its waveforms with is mixup's own draw."""
+    """mixup_draw() is the permutation and weight mixup() itself draws from the same generator."""
     x = torch.randn(5, 1, 7, 3)
     y = torch.nn.functional.one_hot(torch.arange(5) % 2, 2).float()
     xm, ym = mixup(x, y, 1.0, torch.Generator().manual_seed(3))

@@ -149,7 +149,7 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
 
 
 def test_recompute_bn_statistics_averages_batches_with_only_batchnorm_in_training_mode():
-    from sp4sc.training.lit import recompute_bn_statistics
+    from sp4sc.training.precise_bn import recompute_bn_statistics
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(3), nn.Linear(3, 2))
@@ -169,7 +169,7 @@ def test_recompute_bn_statistics_averages_batches_with_only_batchnorm_in_trainin
 def test_precise_bn_changes_only_the_statistics_and_the_last_validation_sees_them(tmp_path):
     import copy
 
-    from sp4sc.training.lit import recompute_bn_statistics
+    from sp4sc.training.precise_bn import recompute_bn_statistics
 
     fitted = {}
     for precise in (False, True):

@@ -172,32 +172,6 @@ def mixup(
     return x_mixed, y_mixed
 
 
-def random_crop(
-    x: torch.Tensor,
-    frames: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut ``frames`` consecutive frames out of each example, at its own random offset.
-
-    Args:
-        x: log-mels ``(batch, 1, time, mels)``.
-        frames: crop length in frames (at most ``time``).
-        generator: torch generator of the offsets (None: torch's global generator).
-
-    Returns:
-        ``(crops (batch, 1, frames, mels), offsets (batch,) int64)``: example ``i`` is
-        ``x[i, :, offsets[i] : offsets[i] + frames]``, offsets uniform over every position.
-    """
-    if x.dim() != 4:
-        raise Sp4scError(f"random_crop: expected (batch, 1, frames, mels), got shape {tuple(x.shape)}")
-    t = x.shape[2]
-    if not 1 <= frames <= t:
-        raise Sp4scError(f"random_crop: a crop of {frames} frames does not fit in {t} frames")
-    offsets = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)  # (batch,)
-    crops = torch.stack([x[i, :, int(o) : int(o) + frames] for i, o in enumerate(offsets)])
-    return crops, offsets
-
-
 def mix_frequency_stats(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Give each clip the per-frequency statistics ``lam * own + (1 - lam) * x[perm]``'s (the MixStyle step).
 

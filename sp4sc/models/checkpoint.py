@@ -119,6 +119,24 @@ def model_spec(name: str, model_kwargs: dict, frontend, classes, **extra) -> dic
     return spec
 
 
+def plain_types(obj: Any) -> Any:
+    """``obj`` with str subclasses (e.g. ``torch.__version__``, a TorchVersion) made plain,
+    so ``torch.load(weights_only=True)`` accepts the checkpoint."""
+    if isinstance(obj, dict):
+        return {plain_types(k): plain_types(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_types(v) for v in obj) if type(obj) in (list, tuple) else [plain_types(v) for v in obj]
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    return obj
+
+
 def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict[str, Any]) -> None:
     """Write a model file atomically (see the module docstring for the layout)."""
     from sp4sc.fileio import atomic_path

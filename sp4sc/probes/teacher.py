@@ -70,7 +70,7 @@ ARG = "--model.kd_teacher"
 # kinds of the settings, for values that arrive as strings from the command line
 _KINDS = {"encoder": "str", "ckpt": "opt_str", "random_init": "bool", "init_seed": "int", "dt": "float",
           "hop": "opt_float", "seed": "int", "device": "str", "batch_size": "int", "cache_dir": "opt_str",
-          "online": "bool", "cross_fit": "int", "finetuned": "opt_str"}
+          "cross_fit": "int", "finetuned": "opt_str"}
 _PROBE_KINDS = {"hidden": "int", "epochs": "int", "batch_size": "int", "lr": "float", "weight_decay": "float"}
 _EXPECTED = {"str": "a string (a name or a path)", "bool": "true or false", "int": "an integer", "float": "a number"}
 
@@ -126,8 +126,6 @@ class TeacherConfig:
         batch_size: windows per encoder forward.
         cache_dir: top folder of the teacher and embedding caches (None: ``$SP4SC_CACHE`` or
             ``~/.cache/sp4sc``).
-        online: run the encoder on every training batch, on the waveforms mixed as the student's
-            inputs are (:class:`OnlineTeacher`), instead of reading one cached target per clip.
         cross_fit: 0 (in-sample targets, the probe fitted on every training clip) or ``k >= 2``:
             out-of-fold targets, each training clip's from a probe fitted on the other ``k - 1`` of
             ``k`` inner folds (see the module docstring). ESC-50: 4, the four training folds of
@@ -148,7 +146,6 @@ class TeacherConfig:
     device: str = "auto"
     batch_size: int = 32
     cache_dir: Optional[str] = None
-    online: bool = False
     cross_fit: int = 0
     finetuned: Optional[str] = None
 
@@ -156,6 +153,10 @@ class TeacherConfig:
     def from_dict(cls, d: dict[str, Any] | None) -> "TeacherConfig":
         """Build from ``--model.kd_teacher``; unknown keys and bad values are one-line errors naming the key."""
         d = dict(d or {})
+        if "online" in d:  # removed: an online teacher measured no gain (README, Experiment log, 2026-12-02)
+            if _coerce(f"{ARG}.online", d.pop("online"), "bool"):
+                raise Sp4scError(f"{ARG}.online: the online teacher was removed (it measured no gain); drop the key "
+                                 "to distil from the cached targets")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -189,13 +190,9 @@ class TeacherConfig:
         if self.cross_fit < 0 or self.cross_fit == 1:
             raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit}: give the number of inner folds (>= 2; 4 for "
                              "ESC-50's four training folds), or 0 for in-sample targets")
-        if self.finetuned is not None and (self.cross_fit or self.online):
-            raise Sp4scError(f"{ARG}.finetuned with {ARG}.cross_fit / {ARG}.online: a fine-tuned teacher's targets "
-                             "are out-of-fold by its inner cross-validation and come from its cached predictions; "
-                             "set cross_fit 0 and online false")
-        if self.cross_fit and self.online:
-            raise Sp4scError(f"{ARG}.cross_fit {self.cross_fit} with {ARG}.online true: the online teacher labels "
-                             "every batch with one probe fitted on all training clips; drop one of the two")
+        if self.finetuned is not None and self.cross_fit:
+            raise Sp4scError(f"{ARG}.finetuned with {ARG}.cross_fit: a fine-tuned teacher's targets are out-of-fold "
+                             "by its inner cross-validation; set cross_fit 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (what the checkpoint's hyper-parameters hold)."""
@@ -756,208 +753,6 @@ def inner_cv_root(root: str | os.PathLike, outer_fold: int, dest: str | os.PathL
     return out
 
 
-@dataclass
-class TeacherWindows:
-    """A teacher that labels crops of the training clips (``--model.train_crop``).
-
-    A crop's teacher logits are the probe's output on the mean embedding of the teacher
-    windows lying wholly inside the crop (:meth:`crop_logits`): the same system as the
-    clip-level teacher, applied to the part of the clip the student sees. The window
-    embeddings come from the embedding cache, the probe from the teacher cache (fitted on
-    the training clips only, as for :func:`compute_teacher`).
-
-    Attributes:
-        embeddings: float32 ``(n_train, max_windows, dim)``, rows in ``datamodule.clips("train")``
-            order; zero past a clip's last window.
-        starts: float64 ``(n_train, max_windows)`` window starts, s; ``inf`` past a clip's last window.
-        dt: window length, s.
-        hop: hop between windows, s.
-        probe: the fitted probe (eval mode).
-    """
-
-    embeddings: torch.Tensor
-    starts: torch.Tensor
-    dt: float
-    hop: float
-    probe: torch.nn.Module
-
-    def to(self, device: torch.device) -> "TeacherWindows":
-        """The same teacher with its tensors and probe on ``device``."""
-        self.embeddings = self.embeddings.to(device)
-        self.starts = self.starts.to(device)
-        self.probe = self.probe.to(device)
-        return self
-
-    def crop_logits(self, index: torch.Tensor, begin_s: torch.Tensor, end_s: torch.Tensor,
-                    tolerance_s: float = 0.0) -> torch.Tensor:
-        """Teacher logits ``(batch, n_classes)`` of crops ``[begin_s, end_s]`` of training clips ``index``.
-
-        Args:
-            index: ``(batch,)`` rows of the training clips.
-            begin_s: ``(batch,)`` crop starts, s.
-            end_s: ``(batch,)`` crop ends, s.
-            tolerance_s: slack on both ends (half a student frame: crop edges fall on frames).
-        """
-        starts = self.starts.index_select(0, index)  # (batch, windows)
-        emb = self.embeddings.index_select(0, index)  # (batch, windows, dim)
-        inside = (starts >= begin_s[:, None] - tolerance_s) & (starts + self.dt <= end_s[:, None] + tolerance_s)
-        count = inside.sum(dim=1)  # (batch,)
-        if bool((count == 0).any()):
-            i = int(torch.nonzero(count == 0)[0, 0])
-            raise Sp4scError(f"{ARG}: a crop of {float(end_s[i] - begin_s[i]):.2f} s holds no whole teacher window of "
-                             f"{self.dt:g} s (hop {self.hop:g} s); use --model.train_crop >= dt + hop")
-        mean = (emb * inside.unsqueeze(-1).to(emb.dtype)).sum(dim=1) / count.unsqueeze(-1).to(emb.dtype)
-        with torch.no_grad():
-            return self.probe(mean).float()  # (batch, n_classes)
-
-
-def _fitted_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool) -> tuple[_Teacher, list]:
-    """The run's :class:`_Teacher` (its cache folder as :func:`compute_teacher` names it) and the training clips."""
-    cfg.check_weights()
-    classes = [str(c) for c in datamodule.classes]
-    root = Path(datamodule.index().root)
-    train = list(datamodule.clips("train"))
-    top, folder = _cache_place(cfg, teacher_key(cfg, classes, train, root), use_cache)
-    return _Teacher(cfg, root, len(classes), folder, top), train
-
-
-def teacher_embeddings(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> torch.Tensor:
-    """The teacher's clip embeddings of the training clips, standardised: float32 ``(n_train, dim)``.
-
-    Each clip's embedding is the mean of its window embeddings (what the probe reads), rows in
-    ``datamodule.clips("train")`` order (a training batch's ``index``). Every dimension is then
-    centred and scaled by its mean and standard deviation over these clips, so a mean-squared
-    error against them is about 1 for a student that predicts the average clip. Read from the
-    embedding cache :func:`compute_teacher` fills. The caller's random streams are left as they were.
-    """
-    if cfg.finetuned is not None:
-        raise Sp4scError(f"--model.kd_embed_weight with {ARG}.finetuned: feature distillation reads the frozen "
-                         "encoder's embeddings; set --model.kd_embed_weight 0")
-    with _random_streams_kept():
-        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
-        x = teacher.clip_embeddings([c.path for c in train])  # (n_train, dim)
-    x = torch.from_numpy(np.array(x, dtype=np.float32))
-    return (x - x.mean(dim=0)) / (x.std(dim=0, unbiased=False) + 1e-6)
-
-
-def teacher_windows(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> TeacherWindows:
-    """The window embeddings of the training clips and the fitted probe (see :class:`TeacherWindows`).
-
-    The probe is the one :func:`compute_teacher` fits and caches for the same training set
-    (read from the cache when it is there). The caller's random streams are left as they were.
-    """
-    if cfg.cross_fit or cfg.finetuned is not None:
-        what = f"{ARG}.cross_fit {cfg.cross_fit}" if cfg.cross_fit else f"{ARG}.finetuned"
-        raise Sp4scError(f"--model.train_crop with {what}: crop targets come from one probe "
-                         "fitted on all training clips, which would not be out-of-fold; drop one of the two")
-    with _random_streams_kept():
-        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
-        probe = teacher.fitted_probe(train)
-        embs = teacher.window_embeddings([c.path for c in train])
-    sr = teacher.encoder().sample_rate
-    hop_s = round((cfg.dt if cfg.hop is None else cfg.hop) * sr) / sr  # starts fall on whole samples
-    width = max(len(e) for e in embs)
-    embeddings = torch.zeros(len(embs), width, embs[0].shape[1])
-    starts = torch.full((len(embs), width), float("inf"), dtype=torch.float64)
-    for i, e in enumerate(embs):
-        embeddings[i, : len(e)] = torch.from_numpy(np.array(e, dtype=np.float32))  # a copy: cache arrays are read-only maps
-        starts[i, : len(e)] = torch.arange(len(e), dtype=torch.float64) * hop_s
-    return TeacherWindows(embeddings=embeddings, starts=starts, dt=round(cfg.dt * sr) / sr, hop=hop_s,
-                          probe=probe.eval())
-
-
-class OnlineTeacher:
-    """A teacher that hears what the student sees: mixup applied to the waveforms, the encoder run per batch.
-
-    The cached teacher gives each training clip one target, and mixup mixes two clips' targets;
-    a mixture of two sounds is not labelled by the mix of their labels, though, and the teacher's
-    answer to the mixture itself is what "consistent" distillation trains on (Beyer et al., 2022,
-    "Knowledge distillation: A good teacher is patient and consistent": teacher and student see
-    the same augmented input). Here the training clips' waveforms at the encoder's rate are kept
-    in memory (float32 up to 4 GiB, float16 beyond); a batch's waveforms are mixed with the
-    permutation and weight of the student's mixup (``lam * a + (1 - lam) * a[perm]``), cut into
-    windows of δt, embedded, averaged over the windows and classified by the probe, which is the
-    same one the cached teacher fits on the training clips only. Without mixing, its logits are the
-    cached teacher's. SpecAugment stays the student's alone (it hides parts of the input to
-    regularise the student, not to change the label).
-
-    Args:
-        bundle: the frozen encoder (built, on its device).
-        probe: the fitted probe (eval mode).
-        waves: ``(n_train, samples)`` training waveforms at the encoder's rate, rows in
-            ``datamodule.clips("train")`` order.
-        win: window length, samples.
-        hop: hop between windows, samples.
-        batch_size: windows per encoder forward.
-    """
-
-    MAX_FLOAT32_BYTES = 4 << 30
-
-    def __init__(self, bundle: Any, probe: torch.nn.Module, waves: torch.Tensor, win: int, hop: int,
-                 batch_size: int = 32) -> None:
-        from sp4sc.probes.windows import window_starts
-
-        self.bundle = bundle
-        self.probe = probe.eval().to(bundle.device)
-        self.waves = waves
-        self.win, self.hop = int(win), int(hop)
-        self.batch_size = int(batch_size)
-        self.starts = window_starts(int(waves.shape[1]), self.win, self.hop)
-        self.padded = max(self.starts) + self.win  # a tail window may run past the end (zero-padded)
-
-    def logits(self, index: torch.Tensor, perm: Optional[torch.Tensor] = None, lam: float = 1.0) -> torch.Tensor:
-        """Teacher logits ``(batch, n_classes)`` of training clips ``index``, mixed as mixup mixes them.
-
-        Args:
-            index: ``(batch,)`` rows of the training clips.
-            perm: ``(batch,)`` mixup permutation (None: no mixing).
-            lam: mixup weight of the clips themselves (``1 - lam`` goes to ``clips[perm]``).
-        """
-        idx = torch.as_tensor(index, dtype=torch.long).cpu()
-        wav = self.waves.index_select(0, idx).float()  # (batch, samples)
-        if perm is not None:
-            wav = wav * lam + wav[torch.as_tensor(perm).cpu()] * (1.0 - lam)
-        if self.padded > wav.shape[1]:
-            wav = torch.nn.functional.pad(wav, (0, self.padded - wav.shape[1]))
-        windows = torch.stack([wav[:, s : s + self.win] for s in self.starts], dim=1)  # (batch, n_windows, win)
-        flat = windows.reshape(-1, self.win)  # (batch * n_windows, win)
-        emb = torch.cat([self.bundle.embed(flat[i : i + self.batch_size])
-                         for i in range(0, flat.shape[0], self.batch_size)])  # (batch * n_windows, dim)
-        mean = emb.reshape(windows.shape[0], windows.shape[1], -1).mean(dim=1)  # (batch, dim)
-        with torch.inference_mode():
-            return self.probe(mean).float().clone()  # (batch, n_classes); clone: usable outside inference mode
-
-
-def online_teacher(datamodule: Any, cfg: TeacherConfig, use_cache: bool = True) -> OnlineTeacher:
-    """The :class:`OnlineTeacher` of a run: its encoder, the probe (as :func:`compute_teacher` fits and caches
-    it) and the training clips' waveforms at the encoder's rate, padded or cut to the front end's clip length.
-
-    The caller's random streams are left as they were.
-    """
-    from sp4sc.frontend.audio import load_audio
-    from sp4sc.log import logger
-    from sp4sc.probes.windows import window_samples
-
-    with _random_streams_kept():
-        teacher, train = _fitted_teacher(datamodule, cfg, use_cache)
-        probe = teacher.fitted_probe(train)
-        bundle = teacher.encoder()
-    root = teacher.root
-    sr = int(bundle.sample_rate)
-    duration = float(datamodule.frontend_cfg.duration)
-    n = int(round(duration * sr))
-    size = len(train) * n * 4
-    dtype = torch.float32 if size <= OnlineTeacher.MAX_FLOAT32_BYTES else torch.float16
-    waves = torch.empty(len(train), n, dtype=dtype)
-    for i, c in enumerate(train):
-        waves[i] = torch.from_numpy(load_audio(root / c.path, sr, duration=duration))
-    hop = cfg.dt if cfg.hop is None else cfg.hop
-    logger.info(f"online distillation teacher: {len(train)} training clips held at {sr} Hz "
-                f"({waves.numel() * waves.element_size() / 2**20:.0f} MiB, {str(dtype).replace('torch.', '')}); "
-                "the encoder labels every mixed batch")
-    return OnlineTeacher(bundle, probe, waves, window_samples(cfg.dt, sr), window_samples(hop, sr), cfg.batch_size)
-
-
 def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, *,
                    stages: Sequence[str] = ("train", "val"), **settings: Any) -> dict[str, torch.Tensor]:
     """Teacher logits per stage, float32 ``(n_clips, n_classes)`` in ``datamodule.clips(stage)`` order.
@@ -977,6 +772,6 @@ def teacher_logits(datamodule: Any, config: TeacherConfig | dict | None = None, 
     return compute_teacher(datamodule, cfg, stages).logits
 
 
-__all__ = ["OnlineTeacher", "TeacherConfig", "TeacherKey", "TeacherOutput", "TeacherWindows", "compute_teacher",
-           "FinetunedModel", "check_out_of_fold", "cross_fit_logits", "finetuned_logits", "finetuned_models",
-           "inner_cv_root", "inner_folds", "online_teacher", "teacher_logits", "teacher_key", "teacher_windows"]
+__all__ = ["TeacherConfig", "TeacherKey", "TeacherOutput", "compute_teacher", "FinetunedModel", "check_out_of_fold",
+           "cross_fit_logits", "finetuned_logits", "finetuned_models", "inner_cv_root", "inner_folds", "teacher_logits",
+           "teacher_key"]

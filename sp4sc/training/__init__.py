@@ -1,4 +1,6 @@
-"""Training: the LightningModule (:mod:`.lit`), the CPU training path (:mod:`.cpu_training`),
+"""Training: the LightningModule (:mod:`.lit`), knowledge distillation behind one object it calls
+(:mod:`.distill`), precise BatchNorm (:mod:`.precise_bn`), repeatable seeding (:mod:`.seeding`),
+the CPU training path (:mod:`.cpu_training`),
 progress lines (:mod:`.progress`), the Markdown/PNG reports of a run (:mod:`.report`) and the
 callback that starts a fit from trained weights (:mod:`.init_weights`, device fine-tuning) and
 quantisation-aware training (:mod:`.qat`).
