@@ -1,4 +1,4 @@
-"""Pieces shared by the model families: input checks, the per-mel affine, BN folding maths."""
+"""Pieces shared by the model families: input checks, the per-mel affine, BN folding maths, conv-BN-act blocks."""
 
 from __future__ import annotations
 
@@ -197,3 +197,50 @@ def build_variant(cls, name: str, channels: tuple[int, ...], kwargs: dict, defau
         raise TypeError(f"unexpected options {unknown}; allowed: {sorted(defaults)}")
     opts = {key: type(default)(kwargs.get(key, default)) for key, default in defaults.items()}
     return cls(channels, **opts, arch_name=name, arch_kwargs=dict(opts))
+
+
+class ConvBNAct(nn.Sequential):
+    """``conv -> BatchNorm [-> activation]``, children ``0``, ``1``, ``2`` (torchvision's Conv2dNormActivation layout).
+
+    CP-Mobile's and EfficientAT's MobileNetV3 building block; :meth:`fuse` folds the BatchNorm.
+
+    Args:
+        cin: input channels.
+        cout: output channels.
+        kernel: square kernel side; "same" padding ``(kernel - 1) // 2``.
+        stride: int or (mel, time) pair.
+        groups: convolution groups (``cin`` for depthwise).
+        act: activation class (``nn.ReLU``, ``nn.Hardswish``) or None.
+        folded: build the folded form (conv with bias, ``nn.Identity`` in place of the BatchNorm), as
+            :meth:`fuse` leaves it.
+        bn_eps: the BatchNorm's eps.
+        bn_momentum: the BatchNorm's momentum.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride=1, groups: int = 1,
+                 act: type[nn.Module] | None = None, folded: bool = False, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=folded),
+            nn.Identity() if folded else nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def folded(self) -> bool:
+        return not isinstance(self[1], nn.BatchNorm2d)
+
+    def fuse(self) -> "ConvBNAct":
+        """Fold the BatchNorm into the conv's weight and a new bias, in place (BN's eps kept)."""
+        if self.folded:
+            raise Sp4scError(f"{type(self).__name__}.fuse: block is already folded")
+        scale, shift = bn_scale_shift(self[1])
+        fold_conv_bias(self[0], scale, shift)
+        self[1] = nn.Identity()
+        return self

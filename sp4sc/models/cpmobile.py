@@ -41,7 +41,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import bn_scale_shift, check_input, fold_conv_bias
+from sp4sc.models._common import ConvBNAct, bn_scale_shift, check_input, fold_conv_bias
 
 DB_TO_LN = math.log(10.0) / 10.0  # dB -> natural-log units: 10 log10 P * ln(10)/10 = ln P
 
@@ -60,46 +60,10 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return int(rounded)
 
 
-class ConvNormAct(nn.Sequential):
-    """``conv -> BatchNorm [-> ReLU]`` (torchvision's Conv2dNormActivation layout: children 0, 1, 2).
-
-    Args:
-        cin: input channels.
-        cout: output channels.
-        kernel_size: square kernel side; padding is ``(kernel_size - 1) // 2``.
-        stride: int or (mel, time) pair.
-        groups: convolution groups (``cin`` for depthwise).
-        act: append a ReLU.
-        folded: build the folded form (conv with bias, no BatchNorm), as :meth:`fuse` leaves it.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride=1, groups: int = 1, *,
-                 act: bool = True, folded: bool = False):
-        layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, groups=groups,
-                      bias=folded),
-            nn.Identity() if folded else nn.BatchNorm2d(cout),
-        ]
-        if act:
-            layers.append(nn.ReLU())
-        super().__init__(*layers)
-
-    @property
-    def conv(self) -> nn.Conv2d:
-        return self[0]
-
-    @property
-    def folded(self) -> bool:
-        return not isinstance(self[1], nn.BatchNorm2d)
-
-    def fuse(self) -> "ConvNormAct":
-        """Fold the BatchNorm into the conv's weight and a new bias, in place (BN's eps kept)."""
-        if self.folded:
-            raise Sp4scError("ConvNormAct.fuse: already folded")
-        scale, shift = bn_scale_shift(self[1])
-        fold_conv_bias(self[0], scale, shift)
-        self[1] = nn.Identity()
-        return self
+def ConvNormAct(cin: int, cout: int, kernel_size: int = 3, stride=1, groups: int = 1, *, act: bool = True,
+                folded: bool = False) -> ConvBNAct:
+    """CP-Mobile's ``conv -> BatchNorm [-> ReLU]`` (:class:`~sp4sc.models._common.ConvBNAct`, PyTorch's BN defaults)."""
+    return ConvBNAct(cin, cout, kernel_size, stride=stride, groups=groups, act=nn.ReLU if act else None, folded=folded)
 
 
 class InvertedBottleneck(nn.Module):

@@ -46,7 +46,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import bn_scale_shift, check_input, fold_conv_bias
+from sp4sc.models._common import ConvBNAct, check_input
 
 # Width multipliers of the published EfficientAT names (helpers/utils.py NAME_TO_WIDTH).
 WIDTHS: dict[str, float] = {
@@ -97,37 +97,10 @@ def embedding_dim(width: float) -> int:
     return 6 * round_channels(MOBILENET_V3_LARGE[-1][3] * width)
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> optional activation; children ``0``, ``1``, ``2``.
-
-    Args:
-        cin: input channels.
-        cout: output channels.
-        kernel: square kernel size; "same" padding ``(kernel - 1) // 2``.
-        stride: stride.
-        groups: conv groups (``cin`` for depthwise).
-        act: activation class (``nn.ReLU``, ``nn.Hardswish``) or None.
-        folded: build the folded structure (conv with bias, ``nn.Identity`` in place of the BN).
-    """
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: type[nn.Module] | None = None, folded: bool = False) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=folded),
-            nn.Identity() if folded else nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM),
-        ]
-        if act is not None:
-            layers.append(act())
-        super().__init__(*layers)
-
-    def fuse(self) -> "ConvBNAct":
-        """Fold the BatchNorm into the conv's weight and a new bias, in place (BN's eps kept)."""
-        if not isinstance(self[1], nn.BatchNorm2d):
-            raise Sp4scError("ConvBNAct.fuse: block is already folded")
-        scale, shift = bn_scale_shift(self[1])
-        fold_conv_bias(self[0], scale, shift)
-        self[1] = nn.Identity()
-        return self
+def _conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: type[nn.Module] | None = None, folded: bool = False) -> ConvBNAct:
+    """EfficientAT's conv -> BatchNorm (eps 1e-3, momentum 0.01) -> optional activation."""
+    return ConvBNAct(cin, cout, kernel, stride, groups, act, folded, bn_eps=BN_EPS, bn_momentum=BN_MOMENTUM)
 
 
 class SEGate(nn.Module):
@@ -187,11 +160,11 @@ class InvertedResidual(nn.Module):
         act = nn.Hardswish if hardswish else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != cin:
-            layers.append(ConvBNAct(cin, expanded, 1, act=act, folded=folded))
-        layers.append(ConvBNAct(expanded, expanded, kernel, stride=stride, groups=expanded, act=act, folded=folded))
+            layers.append(_conv_bn_act(cin, expanded, 1, act=act, folded=folded))
+        layers.append(_conv_bn_act(expanded, expanded, kernel, stride=stride, groups=expanded, act=act, folded=folded))
         if use_se:
             layers.append(SqueezeExcite(expanded))
-        layers.append(ConvBNAct(expanded, cout, 1, act=None, folded=folded))
+        layers.append(_conv_bn_act(expanded, cout, 1, act=None, folded=folded))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -220,11 +193,11 @@ class EfficientATMobileNet(nn.Module):
             (round_channels(cin * width), k, round_channels(exp * width), round_channels(cout * width), se, hs, s)
             for cin, k, exp, cout, se, hs, s in MOBILENET_V3_LARGE
         ]
-        layers: list[nn.Module] = [ConvBNAct(in_channels, rows[0][0], 3, stride=2, act=nn.Hardswish, folded=folded)]
+        layers: list[nn.Module] = [_conv_bn_act(in_channels, rows[0][0], 3, stride=2, act=nn.Hardswish, folded=folded)]
         layers += [InvertedResidual(*row, folded=folded) for row in rows]
         last = rows[-1][3]
         self.dim = 6 * last
-        layers.append(ConvBNAct(last, self.dim, 1, act=nn.Hardswish, folded=folded))
+        layers.append(_conv_bn_act(last, self.dim, 1, act=nn.Hardswish, folded=folded))
         self.features = nn.Sequential(*layers)
         self.hidden = round_channels(HEAD_HIDDEN * width)
         self.classifier = nn.Sequential(
