@@ -14,41 +14,15 @@ import pytorch_lightning as pl
 import torch
 
 from sp4sc.models.checkpoint import load_model
-from sp4sc.data.datamodule import SceneDataModule
 from sp4sc.errors import Sp4scError
 from sp4sc.training.distill import distillation_loss
 from sp4sc.training.lit import SceneClassifier
 from sp4sc.probes import teacher as teacher_mod
-from sp4sc.probes.encoders import ENCODERS, register_encoder
 from sp4sc.probes.fake import FakeEncoder
 from sp4sc.probes.teacher import TeacherConfig, compute_teacher, teacher_key, teacher_logits
-from test_cv import make_esc_toy
+from kd_toy import PROBE, ROOT, esc, fake_registered, kd_dm, teacher_settings  # noqa: F401 (fixtures)
 
-ROOT = Path(__file__).resolve().parents[1]
-PROBE = {"epochs": 20, "lr": 0.05}  # 12 training clips, one step per epoch
-
-
-@pytest.fixture(autouse=True)
-def fake_registered():
-    register_encoder(FakeEncoder.name, FakeEncoder)
-    yield
-    ENCODERS.pop(FakeEncoder.name, None)
-
-
-@pytest.fixture(scope="module")
-def esc(tmp_path_factory):
-    """3 folds x 2 classes x 3 clips of 0.5 s (told apart by pitch)."""
-    return make_esc_toy(tmp_path_factory.mktemp("kd") / "esc")
-
-
-def _dm(root: Path, tmp: Path, fold: int = 1) -> SceneDataModule:
-    return SceneDataModule(dataset="esc", root=str(root), frontend="demo", duration=0.5, fold=fold, batch_size=4,
-                           cache_dir=str(tmp / "features"), progress=False, num_workers=0, keep_on_device=True)
-
-
-def _teacher(tmp: Path, **kw) -> dict:
-    return {"encoder": FakeEncoder.name, "random_init": True, "dt": 0.25, "probe": dict(PROBE), "device": "cpu",
-            "cache_dir": str(tmp / "kdcache"), **kw}
+_dm, _teacher = kd_dm, teacher_settings
 
 
 # ----------------------------------------------------------------------------- the teacher

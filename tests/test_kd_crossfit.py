@@ -24,37 +24,17 @@ from sp4sc.data.datamodule import SceneDataModule
 from sp4sc.data.index import Clip
 from sp4sc.errors import Sp4scError
 from sp4sc.probes import teacher as teacher_mod
-from sp4sc.probes.encoders import ENCODERS, register_encoder
 from sp4sc.probes.fake import FakeEncoder
 from sp4sc.probes.teacher import TeacherConfig, compute_teacher, inner_folds, teacher_key
 from sp4sc.training.lit import SceneClassifier
-from test_cv import make_esc_toy
-
-ROOT = Path(__file__).resolve().parents[1]
-PROBE = {"epochs": 20, "lr": 0.05}
-
-
-@pytest.fixture(autouse=True)
-def fake_registered():
-    register_encoder(FakeEncoder.name, FakeEncoder)
-    yield
-    ENCODERS.pop(FakeEncoder.name, None)
-
-
-@pytest.fixture(scope="module")
-def esc(tmp_path_factory):
-    """3 folds x 2 classes x 3 clips of 0.5 s (told apart by pitch)."""
-    return make_esc_toy(tmp_path_factory.mktemp("kdx") / "esc")
-
+from kd_toy import PROBE, ROOT, esc, fake_registered, kd_dm, teacher_settings  # noqa: F401 (fixtures)
 
 def _dm(root: Path, tmp: Path, fold: int = 1) -> SceneDataModule:
-    return SceneDataModule(dataset="esc", root=str(root), frontend="demo", duration=0.5, fold=fold, batch_size=4,
-                           cache_dir=str(tmp / "features"), progress=False, num_workers=0, keep_on_device=True)
+    return kd_dm(root, tmp, fold)
 
 
 def _cfg(tmp: Path, **kw) -> TeacherConfig:
-    return TeacherConfig.from_dict({"encoder": FakeEncoder.name, "random_init": True, "dt": 0.25,
-                                    "probe": dict(PROBE), "device": "cpu", "cache_dir": str(tmp / "kdcache"), **kw})
+    return TeacherConfig.from_dict(teacher_settings(tmp, **kw))
 
 
 class _Data:

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from sp4sc.errors import Sp4scError
+from sp4sc.probes.cache import EmbeddingKey
 from sp4sc.probes.probe import ProbeConfig
 
 FORMAT = 1
@@ -228,15 +229,11 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class TeacherKey:
-    """What the cached teacher logits depend on, except each clip's own audio.
+class TeacherKey(EmbeddingKey):
+    """What the cached teacher logits depend on, except each clip's own audio: the embedding key
+    (:class:`~sp4sc.probes.cache.EmbeddingKey`: encoder, weights, δt, hop, sample rate) and
 
     Attributes:
-        encoder: registry name.
-        weights: ``sha256:<hash>`` of the checkpoint, or ``random-init-seed<N>``.
-        dt: window length, s.
-        hop: hop between windows, s.
-        sample_rate: the encoder's input rate, Hz.
         probe: probe settings and seed, as a canonical JSON string.
         classes: class names, as a JSON string (their order is the logits' order).
         train_set: SHA-256 of the training clips (path, label, size, modification time).
@@ -245,11 +242,6 @@ class TeacherKey:
             set, so the caches of in-sample teachers keep their folders.
     """
 
-    encoder: str
-    weights: str
-    dt: float
-    hop: float
-    sample_rate: int
     probe: str
     classes: str
     train_set: str
@@ -324,18 +316,17 @@ def _resolve_device(name: str) -> torch.device:
         raise Sp4scError(f"{ARG}.device {name}: no CUDA GPU visible; use cpu or auto") from None
 
 
+@dataclass
 class _Teacher:
     """Builds what is needed, once: the encoder, the clip embeddings, the probe."""
 
-    def __init__(self, cfg: TeacherConfig, root: Path, n_classes: int, folder: Optional[Path],
-                 cache_top: Optional[Path]):
-        self.cfg = cfg
-        self.root = root
-        self.n_classes = n_classes
-        self.folder = folder
-        self.cache_top = cache_top
-        self.bundle = None
-        self.probe = None
+    cfg: TeacherConfig
+    root: Path
+    n_classes: int
+    folder: Optional[Path]
+    cache_top: Optional[Path]
+    bundle: Any = None
+    probe: Any = None
 
     def encoder(self):
         if self.bundle is None:
