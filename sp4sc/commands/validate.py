@@ -56,27 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_edition(args, tol)
     report = validate_submission(args.directory, eval_root=args.eval_root, sum_tol=tol, strict=args.strict,
                                  official=args.official, rows=EVAL_ROWS if args.rows is None else args.rows)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return 0 if report.ok else EXIT_INVALID
-    for v in report.violations:
-        print(str(v))
-    for w in report.warnings:
-        print(f"warning: {w}")
-    reasons = report.stricter_reasons()
-    for rule, why in reasons.items():
-        print(f"stricter rule [{rule}]: {why}")
-    rules = "the organisers' rules only" if report.official_only else "the organisers' rules and sp4sc's stricter ones"
-    if report.ok:
-        print(f"OK: {report.directory} is a valid DCASE 2021 Task 1A package ({report.rows} rows, "
-              f"{len(report.warnings)} warnings; {rules})")
-    else:
-        stricter = len(report.stricter_only)
-        split = (f" ({stricter} of them stricter than the official validator; --official checks the organisers' "
-                 "rules only)" if stricter else "")
-        print(f"INVALID: {report.directory}: {len(report.violations)} violation(s){split}, "
-              f"{len(report.warnings)} warning(s); {rules}")
-    return 0 if report.ok else EXIT_INVALID
+    return _print_report(report, "DCASE 2021 Task 1A", args.json)
 
 
 def _run_edition(args: argparse.Namespace, tol: float) -> int:
@@ -84,7 +64,12 @@ def _run_edition(args: argparse.Namespace, tol: float) -> int:
 
     report = validate_edition(args.directory, args.edition, eval_root=args.eval_root, rows=args.rows,
                               official=args.official, sum_tol=tol, strict=args.strict)
-    if args.json:
+    return _print_report(report, f"DCASE {args.edition} Task 1", args.json)
+
+
+def _print_report(report, what: str, as_json: bool) -> int:
+    """Print a validation report (its JSON, or its violations, warnings and verdict); the exit status."""
+    if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0 if report.ok else EXIT_INVALID
     for v in report.violations:
@@ -95,8 +80,12 @@ def _run_edition(args: argparse.Namespace, tol: float) -> int:
         print(f"stricter rule [{rule}]: {why}")
     rules = "the organisers' rules only" if report.official_only else "the organisers' rules and sp4sc's stricter ones"
     if report.ok:
-        print(f"OK: {report.directory} is a valid DCASE {args.edition} Task 1 package ({report.rows} rows, "
+        print(f"OK: {report.directory} is a valid {what} package ({report.rows} rows, "
               f"{len(report.warnings)} warnings; {rules})")
     else:
-        print(f"INVALID: {report.directory}: {len(report.violations)} violation(s), {len(report.warnings)} warning(s); {rules}")
+        stricter = len(report.stricter_only)
+        split = (f" ({stricter} of them stricter than the official validator; --official checks the organisers' "
+                 "rules only)" if stricter else "")
+        print(f"INVALID: {report.directory}: {len(report.violations)} violation(s){split}, "
+              f"{len(report.warnings)} warning(s); {rules}")
     return 0 if report.ok else EXIT_INVALID

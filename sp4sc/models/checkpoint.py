@@ -137,6 +137,27 @@ def plain_types(obj: Any) -> Any:
     return obj
 
 
+def unwrap_state(ckpt: dict, path: str | os.PathLike, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """The state dict inside a third-party weights file: the dict itself, or its ``model``/``state_dict``/``net``
+    entry; the first of ``prefixes`` that every key shares is removed.
+
+    Raises:
+        Sp4scError: no dict of tensors found (the message names ``path``).
+    """
+    state = ckpt
+    for key in ("model", "state_dict", "net"):
+        if isinstance(ckpt.get(key), dict):
+            state = ckpt[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise Sp4scError(f"{path}: no state dict of tensors found (expected the dict itself or its "
+                         "'model'/'state_dict' entry)")
+    for prefix in prefixes:
+        if all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict[str, Any]) -> None:
     """Write a model file atomically (see the module docstring for the layout)."""
     from sp4sc.fileio import atomic_path

@@ -252,23 +252,6 @@ class EfficientATMobileNet(nn.Module):
         return self
 
 
-def unwrap_state(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside an EfficientAT weights file: the dict itself, or its ``model``/``state_dict``/``net``
-    entry; a ``net.``/``model.`` prefix shared by every key is removed."""
-    state = ckpt
-    for key in ("model", "state_dict", "net"):
-        if isinstance(ckpt.get(key), dict):
-            state = ckpt[key]
-            break
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise Sp4scError(f"{path}: no state dict of tensors found (expected the dict itself or its "
-                         "'model'/'state_dict' entry)")
-    for prefix in ("net.", "model."):
-        if all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
 def check_width(state: dict[str, torch.Tensor], width: float, name: str, path: Path, option: str = "") -> None:
     """Refuse weights of another width, naming the registry name that fits them (after ``option``,
     e.g. ``"--encoder "``)."""
@@ -327,12 +310,12 @@ class EfficientATClassifier(EfficientATMobileNet):
 
     def load_audioset(self, path: Path) -> None:
         """Load EfficientAT's released AudioSet state dict strictly (the 527-way head still in place)."""
-        from sp4sc.models.checkpoint import check_state_dict, read_checkpoint
+        from sp4sc.models.checkpoint import check_state_dict, read_checkpoint, unwrap_state
 
         if not path.is_file():
             raise Sp4scError(f"--model.backbone_kwargs.pretrained {path}: no such file; give the local EfficientAT "
                              "weights (e.g. ../shared/weights/efficientat/mn04_as_mAP_432.pt)")
-        state = unwrap_state(read_checkpoint(path), path)  # torch.load(weights_only=True)
+        state = unwrap_state(read_checkpoint(path), path, prefixes=("net.", "model."))  # weights_only=True
         check_width(state, self.width, self.arch_name, path, option="--model.backbone ")
         check_state_dict(self, state, str(path))  # strict; names the mismatching keys
         self.pretrained_from = str(path)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sp4sc.errors import Sp4scError
-from sp4sc.models.checkpoint import check_state_dict, read_checkpoint
+from sp4sc.models.checkpoint import check_state_dict, read_checkpoint, unwrap_state
 
 
 class EncoderBundle:
@@ -186,30 +186,11 @@ class EncoderBundle:
         return None
 
     def _state_from_checkpoint(self, ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
-        return _unwrap_state(ckpt, path)
+        return unwrap_state(ckpt, path)
 
     def _require_model(self) -> None:
         if self.model is None:
             raise Sp4scError(f"encoder {self.name}: not built; call build() or load_checkpoint() first")
-
-
-def _unwrap_state(ckpt: dict, path: Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: the dict itself, or its "model"/"state_dict" entry.
-
-    A prefix from ``prefixes`` shared by every key is removed.
-    """
-    state = ckpt
-    for key in ("model", "state_dict", "net"):
-        if isinstance(ckpt.get(key), dict):
-            state = ckpt[key]
-            break
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise Sp4scError(f"{path}: no state dict of tensors found (expected the dict itself or its 'model'/'state_dict' entry)")
-    for prefix in prefixes:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-            break
-    return state
 
 
 @contextlib.contextmanager

@@ -32,7 +32,8 @@ from sp4sc.frontend.efficientat_mel import EfficientATMel, EfficientATMelConfig,
 from sp4sc.models.efficientat import (
     N_AUDIOSET, WIDTHS, EfficientATMobileNet, check_width, embedding_dim, round_channels,
 )
-from sp4sc.probes.bundle import EncoderBundle, _unwrap_state
+from sp4sc.models.checkpoint import unwrap_state
+from sp4sc.probes.bundle import EncoderBundle
 
 class _EfficientATNet(nn.Module):
     """Front end + network: waveform -> (logits, embedding)."""
@@ -111,7 +112,7 @@ class EfficientATEncoder(EncoderBundle):
         return self.model.net
 
     def _state_from_checkpoint(self, ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
-        state = _unwrap_state(ckpt, path, prefixes=("net.", "model."))
+        state = unwrap_state(ckpt, path, prefixes=("net.", "model."))
         check_width(state, self.width, self.name, path, option="--encoder ")
         return state
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.probes import EFFICIENTAT_VARIANTS
-from sp4sc.probes.bundle import EncoderBundle, _unwrap_state
+from sp4sc.models.checkpoint import unwrap_state
+from sp4sc.probes.bundle import EncoderBundle
 
 
 # --------------------------------------------------------------------------- PaSST
@@ -104,7 +105,7 @@ class PasstEncoder(EncoderBundle):
         return self.model.net
 
     def _state_from_checkpoint(self, ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
-        return _unwrap_state(ckpt, path, prefixes=("model.net.", "net."))
+        return unwrap_state(ckpt, path, prefixes=("model.net.", "net."))
 
 
 # --------------------------------------------------------------------------- BEATs
