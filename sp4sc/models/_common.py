@@ -244,3 +244,19 @@ class ConvBNAct(nn.Sequential):
         fold_conv_bias(self[0], scale, shift)
         self[1] = nn.Identity()
         return self
+
+
+def init_mobile_weights(model: nn.Module, linear_std: float | None = None) -> None:
+    """The MobileNet initialisation CP-Mobile and EfficientAT share: Kaiming normal (fan-out) convs with
+    zero biases, BatchNorm weight 1 and bias 0, and with ``linear_std`` N(0, std) linears with zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif linear_std is not None and isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)

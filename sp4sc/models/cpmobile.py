@@ -41,7 +41,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import ConvBNAct, bn_scale_shift, check_input, fold_conv_bias
+from sp4sc.models._common import ConvBNAct, bn_scale_shift, check_input, fold_conv_bias, init_mobile_weights
 
 DB_TO_LN = math.log(10.0) / 10.0  # dB -> natural-log units: 10 log10 P * ln(10)/10 = ln P
 
@@ -186,15 +186,7 @@ class CPMobile(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The baseline's initialisation: Kaiming normal (fan_out) convs, BN weight 1 and bias 0.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self)  # the baseline's: Kaiming normal (fan_out) convs, BN weight 1 and bias 0
 
     @property
     def blocks(self) -> list[InvertedBottleneck]:

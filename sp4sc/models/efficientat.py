@@ -46,7 +46,7 @@ from torch import nn
 
 from sp4sc.errors import Sp4scError
 from sp4sc.models import register_model
-from sp4sc.models._common import ConvBNAct, check_input
+from sp4sc.models._common import ConvBNAct, check_input, init_mobile_weights
 
 # Width multipliers of the published EfficientAT names (helpers/utils.py NAME_TO_WIDTH).
 WIDTHS: dict[str, float] = {
@@ -212,17 +212,7 @@ class EfficientATMobileNet(nn.Module):
 
     def _init_weights(self) -> None:
         """Random init as EfficientAT's: He (fan-out) convs, unit BN, N(0, 0.01) linears, zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self, linear_std=0.01)
 
     def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and embedding of log-mels ``(batch, 1, n_mels, frames)``: ``(batch, n_classes)``, ``(batch, dim)``."""
