@@ -240,3 +240,25 @@ def test_edge_front_end_threads_give_the_same_log_mels():
     assert three.workers == 3
     np.testing.assert_allclose(three(wav), one, rtol=0, atol=1e-4)
     assert three._pool is not None  # the threaded path ran
+
+
+def test_int8_export_is_held_to_the_byte_limit_at_int8():
+    # DCASE counts parameter bytes as stored: sp4sc_w84 (about 1.7x SP4SC's parameters) is over the
+    # 65,536-parameter / 128 KB-at-fp16 limit, yet fits 128 KB at int8; sp4sc_w96 does not fit even at int8
+    import tempfile
+
+    from sp4sc.errors import BudgetExceeded
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        wide = load_model(make_model_file(tmp / "w84.pt", "sp4sc_w84"))
+        with pytest.raises(BudgetExceeded, match="parameters > limit 65,536"):
+            onnx_export.export_onnx(wide, tmp / "fp", parity_shapes=SHAPES)
+        calib = _calib(wide)
+        report = onnx_export.export_onnx(wide, tmp / "q", int8=True, parity_shapes=SHAPES, calib=calib)
+        assert report["over_budget"] is False and report["budget"]["precision"] == "int8"
+        assert 65_536 < report["complexity"]["params"] and report["complexity"]["bytes_int8"] <= 131_072
+        assert report["complexity"]["bytes_fp16"] > 131_072
+        wider = load_model(make_model_file(tmp / "w96.pt", "sp4sc_w96"))
+        with pytest.raises(BudgetExceeded, match="bytes at int8"):
+            onnx_export.export_onnx(wider, tmp / "q96", int8=True, parity_shapes=SHAPES, calib=_calib(wider))

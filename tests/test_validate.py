@@ -468,3 +468,13 @@ def test_cli_official_flag_and_stricter_marks(pkg, capsys):
     assert doc["valid"] and doc["mode"] == "official" and doc["expected_rows"] == N
     assert main(["validate-submission", str(pkg), "--official", "--strict"]) == 2
     assert "--official and --strict" in capsys.readouterr().err
+
+
+def test_parameter_warning_follows_the_declared_weight_bits(pkg):
+    # 65,536 parameters is the 2021 limit of 128 KB at 16 bits; an 8-bit package is held to its bytes alone
+    edit_meta(pkg, lambda m: m["system"]["complexity"].update(total_parameters=111858, total_parameters_non_zero=111858,
+                                                             model_size=120.1))
+    warned = [w for w in validate_submission(pkg).warnings if "over the DCASE 2021 limit of 65536" in str(w)]
+    assert len(warned) == 1
+    edit_meta(pkg, lambda m: m.setdefault("sp4sc", {}).update(weight_bits=8))
+    assert not [w for w in validate_submission(pkg).warnings if "over the DCASE 2021 limit of 65536" in str(w)]

@@ -623,7 +623,9 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
                 if cx["total_parameters_non_zero"] > cx["total_parameters"]:
                     col.error(name, line("system", "complexity", "total_parameters_non_zero"), "meta-type",
                               "'total_parameters_non_zero' exceeds 'total_parameters'", official=False)
-            if _is_int(cx.get("total_parameters")) and cx["total_parameters"] > BUDGET_PARAMS:
+            # 65,536 parameters is 128 KB at 16 bits; a package that declares 8-bit weights is held to the bytes alone
+            bits = (meta.get("sp4sc") or {}).get("weight_bits") if isinstance(meta.get("sp4sc"), dict) else None
+            if _is_int(cx.get("total_parameters")) and cx["total_parameters"] > BUDGET_PARAMS and bits != 8:
                 col.warn(name, line("system", "complexity", "total_parameters"), "budget",
                          f"{cx['total_parameters']} parameters: over the DCASE 2021 limit of {BUDGET_PARAMS}")
             if _is_number(cx.get("model_size")) and cx["model_size"] > BUDGET_BYTES / 1024:

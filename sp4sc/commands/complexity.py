@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     # dcase2021 counts bytes at fp16; --precision int8 checks --max-bytes against the bytes as an int8
     # export stores them (weights 1 B, biases int32, per-channel scales: complexity.int8_stored_bytes)
     precision = getattr(args, "precision", None) or "fp16"
-    limits = {"max_params": BUDGET_PARAMS if args.max_params is None else args.max_params,
+    # 2021's limit is 128 KB of parameters; 65,536 parameters is that at fp16. At int8 the bytes alone decide.
+    default_params = BUDGET_PARAMS if precision == "fp16" else None
+    limits = {"max_params": default_params if args.max_params is None else args.max_params,
               "max_bytes": BUDGET_BYTES if args.max_bytes is None else args.max_bytes,
               "max_macs_per_s": args.max_macs, "precision": precision}
     error: BudgetExceeded | None = None
@@ -184,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         if args.no_budget:
             print("budget              not checked (--no-budget)")
         elif error is None:
-            print(f"budget              within ({limits['max_params']:,} params, {limits['max_bytes']:,} bytes at {precision}"
+            params = "no parameter limit" if limits["max_params"] is None else f"{limits['max_params']:,} params"
+            print(f"budget              within ({params}, {limits['max_bytes']:,} bytes at {precision}"
                   + (f", {args.max_macs:,} MACs per 1 s" if args.max_macs else "") + ")")
     if error is not None:
         raise error

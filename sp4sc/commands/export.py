@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--waveform", action="store_true",
                         help="also write model_waveform.onnx: waveform input, log-mel front end inside the graph")
     parser.add_argument("--no-budget", action="store_true",
-                        help="export even if over the complexity budget (the outputs then say so)")
+                        help="export even if over the complexity budget (the outputs then say so); with --int8 the "
+                             "budget is 128 KB of parameters as stored at int8, with no separate parameter limit")
     parser.add_argument("--max-macs-per-s", type=float, default=None,
                         help="also enforce a MAC budget per second of audio (DCASE 2022+: 30e6)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists (once the new one is complete)")

@@ -208,6 +208,12 @@ def sp4sc_w96(**kwargs) -> SP4SC:
     return _build("sp4sc_w96", (96, 192, 192, 192), kwargs)
 
 
+@register_model("sp4sc_w84", frontend="sp4asc", description="SP4SC at 84-168-168-168: fits 128 kB at int8 only "
+                "(111,858 params at 50 classes, 122,972 B as stored at int8, 223,716 B at fp16)")
+def sp4sc_w84(**kwargs) -> SP4SC:
+    return _build("sp4sc_w84", (84, 168, 168, 168), kwargs)
+
+
 @register_model("sp4sc_d3", frontend="sp4asc", description="SP4SC with 3 blocks, 64-128-128")
 def sp4sc_d3(**kwargs) -> SP4SC:
     return _build("sp4sc_d3", (64, 128, 128), kwargs)
