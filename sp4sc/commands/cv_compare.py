@@ -84,7 +84,7 @@ def text(report: dict[str, Any], top: int = 8) -> str:
 
     def pm(key: str, scale: float = 100.0, fmt: str = "{:+.1f}") -> str:
         body = fmt.format(scale * m[key])
-        return body if s[key] is None else f"{body} ± {abs(scale * s[key]):.1f}"
+        return body if s[key] is None else f"{body} ± " + fmt.replace("+", "").format(abs(scale * s[key]))
 
     lines = [f"A = {report['a']}", f"B = {report['b']}", "",
              "| fold | A accuracy | B accuracy | B - A (points) | A log loss | B log loss |",
