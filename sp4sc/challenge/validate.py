@@ -624,7 +624,7 @@ def check_meta(path: Path, col: _Collector, *, label: str) -> dict | None:
                     col.error(name, line("system", "complexity", "total_parameters_non_zero"), "meta-type",
                               "'total_parameters_non_zero' exceeds 'total_parameters'", official=False)
             # 65,536 parameters is 128 KB at 16 bits; a package that declares 8-bit weights is held to the bytes alone
-            bits = (meta.get("sp4sc") or {}).get("weight_bits") if isinstance(meta.get("sp4sc"), dict) else None
+            bits = meta["sp4sc"].get("weight_bits") if isinstance(meta.get("sp4sc"), dict) else None
             if _is_int(cx.get("total_parameters")) and cx["total_parameters"] > BUDGET_PARAMS and bits != 8:
                 col.warn(name, line("system", "complexity", "total_parameters"), "budget",
                          f"{cx['total_parameters']} parameters: over the DCASE 2021 limit of {BUDGET_PARAMS}")

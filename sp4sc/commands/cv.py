@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sp4sc.errors import Sp4scError
+from sp4sc.commands.cv_compare import main_argv as compare_main, mean_std
 
 ESC_FOLDS = (1, 2, 3, 4, 5)
 RESULT = "result.json"
@@ -149,14 +149,6 @@ def folds_text(n: int) -> str:
     return f"{n} fold" if n == 1 else f"{n} folds"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation; one value has no spread (None, not 0)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return mean, std
-
-
 def _pm(mean: float, std: float | None, fmt: str = "{:.3f}", scale: float = 1.0, unit: str = "") -> str:
     """``mean +/- std`` (``mean`` alone when there is no std)."""
     text = fmt.format(scale * mean)
@@ -183,7 +175,7 @@ def summarise(results: list[dict[str, Any]], recipe: str, command: str,
                                "complete": not to_do, "folds_to_do": to_do,
                                "folds": [{k: r[k] for k in ("fold", *METRICS)} for r in results]}
     for key in METRICS:
-        mean, std = _mean_std([float(r[key]) for r in results])
+        mean, std = mean_std([float(r[key]) for r in results])
         summary.setdefault("mean", {})[key] = mean
         summary.setdefault("std", {})[key] = std
     confusions = [r.get("confusion") for r in results]
@@ -352,9 +344,7 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
 
 def main_argv(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:  # sp4sc cv compare A B: a paired comparison of two cross-validations
-        from sp4sc.commands.cv_compare import main_argv as compare
-
-        return compare(argv[1:])
+        return compare_main(argv[1:])
     summary = run_cv(argv)
     m, s = summary["mean"], summary["std"]
     print(f"{folds_text(len(summary['folds']))}: accuracy {_pm(m['accuracy'], s['accuracy'], '{:.1f}', 100, ' %')}, "

@@ -35,10 +35,12 @@ def _results(folder: Path) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; one value has no spread (None, not 0). ``sp4sc cv`` uses it too."""
     n = len(values)
     mean = sum(values) / n
-    return mean, ((sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None)
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return mean, std
 
 
 def _class_accuracy(results: list[dict[str, Any]], n: int) -> list[tuple[int, int]]:
@@ -48,7 +50,7 @@ def _class_accuracy(results: list[dict[str, Any]], n: int) -> list[tuple[int, in
         for i, row in enumerate(r["confusion"]):
             pooled[i][0] += int(row[i])
             pooled[i][1] += int(sum(row))
-    return [(c, t) for c, t in pooled]
+    return [tuple(p) for p in pooled]
 
 
 def compare(a_dir: str | Path, b_dir: str | Path) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def compare(a_dir: str | Path, b_dir: str | Path) -> dict[str, Any]:
         raise Sp4scError(f"{a_dir} and {b_dir}: the runs' classes differ; a paired comparison needs the same data")
     rows = [{"fold": f, "a": a[f]["accuracy"], "b": b[f]["accuracy"], "diff": b[f]["accuracy"] - a[f]["accuracy"],
              "a_logloss": a[f]["logloss"], "b_logloss": b[f]["logloss"]} for f in folds]
-    summary = {key: _mean_std([r[key] for r in rows]) for key in ("a", "b", "diff", "a_logloss", "b_logloss")}
+    summary = {key: mean_std([r[key] for r in rows]) for key in ("a", "b", "diff", "a_logloss", "b_logloss")}
     per_class = []
     ca = _class_accuracy([a[f] for f in folds], len(classes))
     cb = _class_accuracy([b[f] for f in folds], len(classes))
