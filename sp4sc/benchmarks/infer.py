@@ -238,12 +238,16 @@ def format_table(res: dict[str, Any]) -> str:
                      f"{r['ms_per_call']:>9.1f} {r['cpu_ms_per_clip']:>12.1f}")
     g = res["goal"]
     lines.append("")
+    if g["model_ms_batch1"] is None:
+        # the goals are per-clip latencies at batch 1; a run without it has nothing to hold them against
+        lines.append("goals (stated at batch 1) not checked: this run has no batch-1 figures; add 1 to --batch")
+        return "\n".join(lines)
     lines.append(
         f"goal: ONNX Runtime model <= {g['model_goal_ms']:g} ms/clip: {g['model_ms_batch1']:.1f} ms "
         f"({'met' if g['model_within_goal'] else 'NOT met'}); end to end <= {g['end_to_end_goal_ms']:g} ms: "
         f"{g['end_to_end_ms_batch1']:.1f} ms ({'met' if g['end_to_end_within_goal'] else 'NOT met'}) (batch 1)"
     )
-    if g.get("int8_vs_fp32_by_threads"):
+    if any(v is not None for v in (g.get("int8_vs_fp32_by_threads") or {}).values()):
         per = ", ".join(f"{v:.2f}x at {t} thread{'s' if int(t) > 1 else ''}"
                         for t, v in g["int8_vs_fp32_by_threads"].items() if v is not None)
         lines.append(f"goal: static int8 model <= {g['int8_ratio_goal']:g}x fp32: {per} "
