@@ -238,6 +238,26 @@ def test_bench_infer_without_batch_one_says_the_goals_are_not_checked():
     assert "goals (stated at batch 1) not checked" in table and "goal: static int8" not in table
 
 
+def test_bench_infer_profile_splits_the_time_per_operator(capsys):
+    """--profile: ONNX Runtime's per-node kernel times of the fp32 and the int8 graph, per operator type."""
+    assert cli_main(["bench", "infer", "--profile", "--model", "sp4sc_w32", "--frontend", "demo",
+                     "--threads", "1", "--repeats", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["precisions"]) == {"fp32", "int8"} and res["threads"] == 1
+    for precision, p in res["precisions"].items():
+        ops = {op for op, _, _ in p["by_op"]}
+        assert ("QLinearConv" in ops) == (precision == "int8"), ops
+        assert p["kernel_ms_per_call"] > 0
+        assert sum(ms for _, ms, _ in p["by_op"]) == pytest.approx(p["kernel_ms_per_call"])
+        assert sum(share for _, _, share in p["by_op"]) == pytest.approx(1.0)
+        times = [ms for _, _, ms, _ in p["top_nodes"]]
+        assert times == sorted(times, reverse=True) and len(times) <= 8
+    from sp4sc.benchmarks.infer import format_profile
+
+    table = format_profile(res)
+    assert "int8: kernels" in table and "QLinearConv" in table and "slowest nodes" in table
+
+
 def test_edge_front_end_threads_give_the_same_log_mels():
     """The frames split over worker threads (edge runner's --threads) compute what one thread does."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))

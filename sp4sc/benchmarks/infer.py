@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of timing: export CKPT (fp32/fp16/int8) and report how far the fp16 and int8 "
                              "models' probabilities move from the torch model's on --files (real audio)")
     parser.add_argument("--files", nargs="*", default=[], help="audio files for --agreement")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: ONNX Runtime's per-node profile of the fp32 and int8 graphs at batch 1 "
+                             "and the first --threads count (time per operator type and the slowest nodes)")
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -87,6 +90,36 @@ def _edge_frontend_module():
         sys.path.remove(str(folder))
 
 
+def _models(model_name: str, frontend: str, dynamic: bool = False):
+    """``(cfg, model, logmel, protos)``: the front end, the model (seed 0 random weights: latency does not
+    depend on them), its LogMel and the ONNX graphs ``sp4sc export`` writes (``protos``: fp32, fp16, int8 static
+    QDQ calibrated on log-mels of noise clips at a few loudness levels, and with ``dynamic`` int8-dynamic)."""
+    import torch
+
+    from sp4sc.deploy.onnx_graph import quantize_int8, to_onnx
+    from sp4sc.deploy.quantize import quantize_static_int8
+    from sp4sc.frontend.features import LogMel, frontend_preset
+    from sp4sc.models import create_model
+    from sp4sc.models.fold import deploy_model, fold_batchnorm
+
+    cfg = frontend_preset(frontend)
+    torch.manual_seed(0)
+    model = create_model(model_name, n_mels=cfg.n_mels).eval()
+    folded = fold_batchnorm(model)
+    logmel = LogMel(cfg).eval()
+    min_frames = int(getattr(folded, "min_frames", 16))
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        calib_wav = (rng.standard_normal((16, cfg.n_samples)) * np.geomspace(1e-3, 0.3, 16)[:, None]).astype(np.float32)
+        calib = logmel(torch.from_numpy(calib_wav)).unsqueeze(1).numpy()  # (16, 1, frames, mels)
+    protos = {"fp32": to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames)}
+    protos["fp16"] = to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames, half=True)
+    protos["int8"] = quantize_static_int8(protos["fp32"], calib)
+    if dynamic:
+        protos["int8-dynamic"] = quantize_int8(protos["fp32"])
+    return cfg, model, logmel, protos
+
+
 def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int = 7,
               threads: int | Sequence[int] = (1, 2), batches: tuple[int, ...] = (1, 16), unfolded: bool = True,
               dynamic: bool = False) -> dict[str, Any]:
@@ -99,33 +132,16 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     import torch
 
     from sp4sc.machine import describe, line
-    from sp4sc.frontend.features import LogMel, frontend_preset
-    from sp4sc.models.fold import deploy_model, fold_batchnorm, inference_model
-    from sp4sc.models import create_model
-    from sp4sc.deploy.onnx_graph import quantize_int8, to_onnx, waveform_model
+    from sp4sc.models.fold import inference_model
+    from sp4sc.deploy.onnx_graph import waveform_model
     from sp4sc.deploy.onnx_parity import ort_session
-    from sp4sc.deploy.quantize import quantize_static_int8
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     thread_list = [int(t) or cores for t in ([threads] if isinstance(threads, int) else threads)]
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    cfg = frontend_preset(frontend)
-    torch.manual_seed(0)
-    model = create_model(model_name, n_mels=cfg.n_mels).eval()
+    cfg, model, logmel, protos = _models(model_name, frontend, dynamic)
     deployed = inference_model(model)
-    folded = fold_batchnorm(model)
-    logmel = LogMel(cfg).eval()
-    min_frames = int(getattr(folded, "min_frames", 16))
-
     rng = np.random.default_rng(0)
-    with torch.no_grad():  # calibration log-mels of noise clips at a few loudness levels
-        calib_wav = (rng.standard_normal((16, cfg.n_samples)) * np.geomspace(1e-3, 0.3, 16)[:, None]).astype(np.float32)
-        calib = logmel(torch.from_numpy(calib_wav)).unsqueeze(1).numpy()  # (16, 1, frames, mels)
-    protos = {"fp32": to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames)}
-    protos["fp16"] = to_onnx(deploy_model(folded), cfg.n_mels, 4 * min_frames, half=True)
-    protos["int8"] = quantize_static_int8(protos["fp32"], calib)
-    if dynamic:
-        protos["int8-dynamic"] = quantize_int8(protos["fp32"])
     wave_proto = waveform_model(protos["fp32"], cfg)
     edge = _edge_frontend_module()
 
@@ -219,6 +235,82 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
             "int8_end_to_end_within_goal": e2e8_ms is not None and e2e8_ms <= GOAL_INT8_END_TO_END_MS,
         },
     }
+
+
+def profile_ops(model_name: str = "sp4sc", frontend: str = "sp4asc", threads: int = 1, repeats: int = 7,
+                precisions: Sequence[str] = ("fp32", "int8"), top: int = 8) -> dict[str, Any]:
+    """Where the ONNX Runtime time goes: per-node kernel times from ONNX Runtime's profiler.
+
+    Each precision's graph (as :func:`run_bench` builds it) runs ``repeats`` calls at batch 1 on one
+    10 s (preset-length) clip after two warm-ups, with profiling on; each node's ``*_kernel_time`` is the
+    median over the timed calls (ms per call), and the nodes are summed per operator type.
+    Profiling adds a little time per node, so the totals run above ``run_bench``'s figures; the shares
+    are what to read.
+    """
+    import tempfile
+
+    import torch
+
+    from sp4sc.deploy.onnx_parity import ort_session
+    from sp4sc.machine import describe, line
+
+    cfg, _, logmel, protos = _models(model_name, frontend)
+    wav = (0.1 * np.random.default_rng(0).standard_normal((1, cfg.n_samples))).astype(np.float32)
+    with torch.no_grad():
+        x = logmel(torch.from_numpy(wav)).unsqueeze(1).numpy()  # (1, 1, frames, mels)
+    out: dict[str, Any] = {"model": model_name, "frontend": cfg.to_dict(), "clip_seconds": cfg.duration,
+                           "input_shape": list(x.shape), "threads": threads, "repeats": repeats,
+                           "machine": describe(), "machine_line": line(), "precisions": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in precisions:
+            sess = ort_session(protos[precision], threads=threads, profile_prefix=str(Path(tmp) / precision))
+            for _ in range(2):  # warm-up calls: their events are dropped below
+                sess.run(["probs"], {"logmel": x})
+            for _ in range(repeats):
+                sess.run(["probs"], {"logmel": x})
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+            n_warm = 2 if len(runs) >= repeats + 2 else 0
+            t_from = runs[n_warm]["ts"] if runs else 0
+            kernels = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+                       and e.get("ts", 0) >= t_from]
+            durations: dict[str, tuple[str, list[float]]] = {}
+            for e in kernels:
+                name = e["name"][: -len("_kernel_time")]
+                durations.setdefault(name, (e.get("args", {}).get("op_name", "?"), []))[1].append(e["dur"] / 1e3)
+            # median per node over the calls: one slow call of a node (seen: 30x on a depthwise int8 conv) would
+            # otherwise dominate a mean
+            per_node = {name: (op, statistics.median(ds)) for name, (op, ds) in durations.items()}
+            per_op: dict[str, float] = {}
+            for op, ms in per_node.values():
+                per_op[op] = per_op.get(op, 0.0) + ms
+            total = sum(per_op.values())
+            run_ms = statistics.median(r["dur"] / 1e3 for r in runs[n_warm:]) if runs[n_warm:] else None
+            out["precisions"][precision] = {
+                "kernel_ms_per_call": total, "run_ms_median": run_ms, "nodes": len(per_node),
+                "by_op": sorted(([op, ms, ms / total if total else 0.0] for op, ms in per_op.items()),
+                                key=lambda r: -r[1]),
+                "top_nodes": sorted(([n, op, ms, ms / total if total else 0.0] for n, (op, ms) in per_node.items()),
+                                    key=lambda r: -r[2])[:top],
+            }
+    return out
+
+
+def format_profile(res: dict[str, Any]) -> str:
+    lines = [
+        f"bench infer --profile: {res['model']} at the {res['frontend']['name']} front end, one "
+        f"{res['clip_seconds']:g} s clip = input {tuple(res['input_shape'])}; {res['threads']} thread(s), "
+        f"{res['repeats']} profiled calls at batch 1",
+        res["machine_line"],
+    ]
+    for precision, p in res["precisions"].items():
+        run = f", session run {p['run_ms_median']:.2f} ms (median)" if p["run_ms_median"] is not None else ""
+        lines += ["", f"{precision}: kernels {p['kernel_ms_per_call']:.2f} ms per call over {p['nodes']} nodes{run}",
+                  f"  {'operator':<28} {'ms/call':>8} {'share':>6}"]
+        lines += [f"  {op:<28} {ms:>8.2f} {share:>6.0%}" for op, ms, share in p["by_op"]]
+        lines.append(f"  {'slowest nodes':<44} {'operator':<20} {'ms/call':>8} {'share':>6}")
+        lines += [f"  {name[:44]:<44} {op:<20} {ms:>8.2f} {share:>6.0%}" for name, op, ms, share in p["top_nodes"]]
+    return "\n".join(lines)
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -334,6 +426,11 @@ def run(args: argparse.Namespace) -> int:
         raise Sp4scError(f"--batch: batch sizes must be at least 1, got {args.batch}")
     if any(t < 0 for t in args.threads):
         raise Sp4scError(f"--threads: thread counts must be 0 (all cores) or more, got {args.threads}")
+    if args.profile:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        res = profile_ops(args.model, args.frontend, threads=args.threads[0] or cores, repeats=args.repeats)
+        print(json.dumps(res, indent=2) if args.json else format_profile(res))
+        return 0
     res = run_bench(args.model, args.frontend, args.repeats, tuple(args.threads), tuple(args.batch),
                     unfolded=not args.skip_torch_unfolded, dynamic=args.dynamic)
     print(json.dumps(res, indent=2) if args.json else format_table(res))

@@ -35,13 +35,17 @@ FP16_PROB_TOL = 1e-2
 WAVEFORM_PROB_TOL = 1e-4  # front end in the graph (float64 STFT) vs LogMel + torch model
 
 
-def ort_session(model_proto_or_bytes, threads: int = 0, spin: bool = True):
+def ort_session(model_proto_or_bytes, threads: int = 0, spin: bool = True, profile_prefix: str | None = None):
     """A CPU ONNX Runtime session from a ModelProto, bytes or path (``spin=False``: idle threads do not
-    spin between runs, as the edge runner sets it)."""
+    spin between runs, as the edge runner sets it; ``profile_prefix``: ONNX Runtime's per-node profiling on,
+    its trace written by ``session.end_profiling()`` to a file starting with that prefix)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
