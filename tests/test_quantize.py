@@ -230,7 +230,15 @@ def test_bench_infer_without_batch_one_says_the_goals_are_not_checked():
     """The goals are batch-1 latencies: a --batch 2 run prints its rows and says so, instead of failing."""
     from sp4sc.benchmarks.infer import format_table, run_bench
 
-    res = run_bench("sp4sc_w32", "demo", repeats=1, threads=(1,), batches=(2,), unfolded=False, dynamic=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = run_bench("sp4sc_w32", "demo", repeats=1, threads=(1,), batches=(2,), unfolded=False, dynamic=False)
+        # the bench sets torch's threads per row and gives the caller's back (a later in-process training
+        # would otherwise run on 1 thread and sum in another order)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert res["rows"] and {r["batch"] for r in res["rows"]} == {2}
     assert res["goal"]["model_ms_batch1"] is None and not res["goal"]["int8_within_goal"]
     table = format_table(res)

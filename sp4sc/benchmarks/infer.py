@@ -156,44 +156,48 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
             "cpu_ms_per_clip": cpu * 1e3 / batch,
         })
 
-    for n_threads in thread_list:
-        torch.set_num_threads(n_threads)
-        sessions = {k: ort_session(p, threads=n_threads) for k, p in protos.items()}
-        edge_fe = edge.EdgeFrontEnd(cfg.to_dict(), workers=n_threads) if edge else None
-        # end to end as the edge runner runs: ORT's idle threads do not spin (they would take the front end's cores)
-        edge_sessions = {k: ort_session(protos[k], threads=n_threads, spin=False) for k in ("fp32", "int8")}
-        wave_sess = ort_session(wave_proto, threads=n_threads)
-        for batch in batches:
-            reps = repeats if batch == 1 else max(2, repeats // 3)
-            wav = (0.1 * rng.standard_normal((batch, cfg.n_samples))).astype(np.float32)  # (batch, samples)
-            with torch.no_grad():
-                x_t = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
-            x_np = x_t.numpy()
+    torch_threads = torch.get_num_threads()  # restored below: a caller's (or a test run's) torch keeps its threads
+    try:
+        for n_threads in thread_list:
+            torch.set_num_threads(n_threads)
+            sessions = {k: ort_session(p, threads=n_threads) for k, p in protos.items()}
+            edge_fe = edge.EdgeFrontEnd(cfg.to_dict(), workers=n_threads) if edge else None
+            # end to end as the edge runner runs: ORT's idle threads do not spin (they would take the front end's cores)
+            edge_sessions = {k: ort_session(protos[k], threads=n_threads, spin=False) for k in ("fp32", "int8")}
+            wave_sess = ort_session(wave_proto, threads=n_threads)
+            for batch in batches:
+                reps = repeats if batch == 1 else max(2, repeats // 3)
+                wav = (0.1 * rng.standard_normal((batch, cfg.n_samples))).astype(np.float32)  # (batch, samples)
+                with torch.no_grad():
+                    x_t = logmel(torch.from_numpy(wav)).unsqueeze(1)  # (batch, 1, frames, mels)
+                x_np = x_t.numpy()
 
-            with torch.no_grad():
-                add("front end: LogMel (torch)", "torch", "fp32", batch, n_threads, True,
-                    _time(lambda: logmel(torch.from_numpy(wav)), reps))
+                with torch.no_grad():
+                    add("front end: LogMel (torch)", "torch", "fp32", batch, n_threads, True,
+                        _time(lambda: logmel(torch.from_numpy(wav)), reps))
+                    if edge_fe is not None:
+                        add("front end: numpy (edge runner)", "numpy", "fp32", batch, n_threads, True,
+                            _time(lambda: edge_fe(wav), reps))
+                    if unfolded:
+                        add("model: torch eager, unfolded", "torch", "fp32", batch, n_threads, False,
+                            _time(lambda: model(x_t), reps))
+                    add("model: torch eager, folded+merged", "torch", "fp32", batch, n_threads, False,
+                        _time(lambda: deployed(x_t), reps))
+                    add("end to end: torch LogMel + folded model", "torch", "fp32", batch, n_threads, True,
+                        _time(lambda: deployed(logmel(torch.from_numpy(wav)).unsqueeze(1)), reps))
+                for precision, sess in sessions.items():
+                    add(f"model: ONNX Runtime {precision}", "onnxruntime", precision, batch, n_threads, False,
+                        _time(lambda s=sess: s.run(["probs"], {"logmel": x_np}), reps))
                 if edge_fe is not None:
-                    add("front end: numpy (edge runner)", "numpy", "fp32", batch, n_threads, True,
-                        _time(lambda: edge_fe(wav), reps))
-                if unfolded:
-                    add("model: torch eager, unfolded", "torch", "fp32", batch, n_threads, False,
-                        _time(lambda: model(x_t), reps))
-                add("model: torch eager, folded+merged", "torch", "fp32", batch, n_threads, False,
-                    _time(lambda: deployed(x_t), reps))
-                add("end to end: torch LogMel + folded model", "torch", "fp32", batch, n_threads, True,
-                    _time(lambda: deployed(logmel(torch.from_numpy(wav)).unsqueeze(1)), reps))
-            for precision, sess in sessions.items():
-                add(f"model: ONNX Runtime {precision}", "onnxruntime", precision, batch, n_threads, False,
-                    _time(lambda s=sess: s.run(["probs"], {"logmel": x_np}), reps))
-            if edge_fe is not None:
-                for precision in ("fp32", "int8"):
-                    add(f"end to end: numpy front end + ONNX Runtime {precision}", "onnxruntime", precision, batch,
-                        n_threads, True,
-                        _time(lambda s=edge_sessions[precision]: s.run(["probs"], {"logmel": edge_fe(wav)[:, None]}),
-                              reps))
-            add("end to end: ONNX Runtime waveform graph fp32", "onnxruntime", "fp32", batch, n_threads, True,
-                _time(lambda: wave_sess.run(["probs"], {"waveform": wav}), reps))
+                    for precision in ("fp32", "int8"):
+                        add(f"end to end: numpy front end + ONNX Runtime {precision}", "onnxruntime", precision, batch,
+                            n_threads, True,
+                            _time(lambda s=edge_sessions[precision]: s.run(["probs"], {"logmel": edge_fe(wav)[:, None]}),
+                                  reps))
+                add("end to end: ONNX Runtime waveform graph fp32", "onnxruntime", "fp32", batch, n_threads, True,
+                    _time(lambda: wave_sess.run(["probs"], {"waveform": wav}), reps))
+    finally:
+        torch.set_num_threads(torch_threads)
 
     # ratio to fp32: ONNX Runtime rows against the fp32 row of the same kind, batch and threads
     for r in rows:
