@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sp4sc.cpu import cores
+
 TARGET_CLIPS_PER_S = 50.0
 
 
@@ -65,7 +67,7 @@ def measure(n_clips: int = 128, frontend: str = "sp4asc", workers: int | None = 
 
         raise Sp4scError(f"--clips {n_clips}: must be at least 1")
     cfg = frontend_preset(frontend, duration=10.0)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_cores = cores()
     with tempfile.TemporaryDirectory(prefix="sp4sc-bench-") as tmp:
         root = Path(tmp) / "audio"
         root.mkdir()
@@ -100,8 +102,8 @@ def measure(n_clips: int = 128, frontend: str = "sp4asc", workers: int | None = 
         "seconds": round(total, 3),
         "clips_per_s": round(n_clips / total, 1),
         "cpu_ms_per_clip": round(1000 * cpu / n_clips, 1),
-        "cores": cores,
-        "cpu_bound_clips_per_s_if_idle": round(cores * n_clips / cpu, 1) if cpu > 0 else None,
+        "cores": n_cores,
+        "cpu_bound_clips_per_s_if_idle": round(n_cores * n_clips / cpu, 1) if cpu > 0 else None,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "decode_only_clips_per_s_one_thread": round(k / decode, 1),
         "logmel_only_clips_per_s_one_thread": round(k / mel, 1),

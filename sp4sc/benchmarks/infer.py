@@ -131,13 +131,14 @@ def run_bench(model_name: str = "sp4sc", frontend: str = "sp4asc", repeats: int 
     import onnxruntime as ort
     import torch
 
+    from sp4sc.cpu import cores
     from sp4sc.machine import describe, line
     from sp4sc.models.fold import inference_model
     from sp4sc.deploy.onnx_graph import waveform_model
     from sp4sc.deploy.onnx_parity import ort_session
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    thread_list = [int(t) or cores for t in ([threads] if isinstance(threads, int) else threads)]
+    n_cores = cores()
+    thread_list = [int(t) or n_cores for t in ([threads] if isinstance(threads, int) else threads)]
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     cfg, model, logmel, protos = _models(model_name, frontend, dynamic)
     deployed = inference_model(model)
@@ -431,8 +432,9 @@ def run(args: argparse.Namespace) -> int:
     if any(t < 0 for t in args.threads):
         raise Sp4scError(f"--threads: thread counts must be 0 (all cores) or more, got {args.threads}")
     if args.profile:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        res = profile_ops(args.model, args.frontend, threads=args.threads[0] or cores, repeats=args.repeats)
+        from sp4sc.cpu import cores
+
+        res = profile_ops(args.model, args.frontend, threads=args.threads[0] or cores(), repeats=args.repeats)
         print(json.dumps(res, indent=2) if args.json else format_profile(res))
         return 0
     res = run_bench(args.model, args.frontend, args.repeats, tuple(args.threads), tuple(args.batch),

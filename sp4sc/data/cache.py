@@ -50,6 +50,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sp4sc.errors import Sp4scError
+from sp4sc.cpu import cores
 from sp4sc.frontend.features import FrontEndConfig
 from sp4sc.fileio import _explain_oserror, write_json
 from sp4sc.log import logger
@@ -388,7 +389,7 @@ def _compute_chunks(
     if not chunks:
         return
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = cores()
     n_workers = cpus if workers is None else workers
 
     if dev.type == "cpu":

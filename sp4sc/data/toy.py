@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sp4sc.constants import SCENES
+from sp4sc.cpu import cores
 from sp4sc.errors import Sp4scError
 from sp4sc.log import logger
 
@@ -296,9 +297,9 @@ def _write(root: Path, n_per_class_device: int, duration: float, seed: int) -> N
                 meta.append(f"{name}\t{scene}\t{city}-{location}\t{device}")
                 (train if k < n_train else evaluate).append((name, scene))
     # Each clip has its own seeded generator: the files do not depend on the worker count.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores > 1 and len(jobs) * duration > 20 and "fork" in mp.get_all_start_methods():
-        with ProcessPoolExecutor(cores, mp_context=mp.get_context("fork")) as pool:
+    n_cores = cores()
+    if n_cores > 1 and len(jobs) * duration > 20 and "fork" in mp.get_all_start_methods():
+        with ProcessPoolExecutor(n_cores, mp_context=mp.get_context("fork")) as pool:
             list(pool.map(_synth_file, jobs, chunksize=8))
     else:
         for job in jobs:
