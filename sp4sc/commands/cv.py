@@ -3,6 +3,7 @@
     sp4sc cv --config recipes/esc10_sp4sc.yaml --data.root ../shared/data/esc10 --out runs/cv/esc10_sp4sc
     sp4sc cv --config recipes/esc10_cnn6.yaml --data.root PATH --folds 1 2 --trainer.max_epochs 50
     sp4sc cv compare runs/cv/esc50_sp4sc runs/cv/esc50_sp4sc_kd   # paired, per fold and per class
+    sp4sc cv gap runs/cv/esc50_sp4sc                              # training-clip vs validation accuracy
 
 One ``sp4sc fit`` per fold, each in ``<out>/fold<k>/`` (``--data.fold k``,
 ``--trainer.default_root_dir <out>/fold<k>``); any other ``--key value`` is
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: runs/cv/<recipe name>); one fold<k>/ per fold inside")
     parser.epilog = ("Any other --key value (e.g. --trainer.max_epochs 50, --model.lr 3e-3) is passed to "
                      "every fold's `sp4sc fit`. `sp4sc cv compare A B` compares two --out folders fold by fold "
-                     "(paired mean difference +/- std) and class by class.")
+                     "(paired mean difference +/- std) and class by class; `sp4sc cv gap A` scores each fold's model "
+                     "on its own training clips beside its validation clips (over- or under-fitting).")
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -345,6 +347,10 @@ def write_summaries(out: Path, results: list[dict[str, Any]], recipe: str, comma
 def main_argv(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:  # sp4sc cv compare A B: a paired comparison of two cross-validations
         return compare_main(argv[1:])
+    if argv[:1] == ["gap"]:  # sp4sc cv gap RUN: training-clip against validation accuracy per fold
+        from sp4sc.commands.cv_gap import main_argv as gap_main
+
+        return gap_main(argv[1:])
     summary = run_cv(argv)
     m, s = summary["mean"], summary["std"]
     print(f"{folds_text(len(summary['folds']))}: accuracy {_pm(m['accuracy'], s['accuracy'], '{:.1f}', 100, ' %')}, "
