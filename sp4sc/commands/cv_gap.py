@@ -68,7 +68,8 @@ def _datamodule(ckpt: Path, data_root: str | None):
     return SceneDataModule(**hparams)
 
 
-def _score(model, split, indices: list[int], batch: int = 64) -> dict[str, float]:
+def _score(model, split, indices: list[int], batch: int = 16) -> dict[str, float]:
+    # batch 16: at 64, SP4SC's ESC-50 activations (~0.5 GB a tensor) page-faulted on every batch, 3x slower
     import torch
     import torch.nn.functional as F
 
@@ -92,6 +93,9 @@ def fold_gap(ckpt: Path, result: dict[str, Any], data_root: str | None = None,
     from sp4sc.cpu import cores
     from sp4sc.models.checkpoint import load_model
 
+    from sp4sc.cpu import keep_freed_memory
+
+    keep_freed_memory()  # large activations freed and allocated per batch: no mmap + page faults each time
     threads = torch.get_num_threads()
     torch.set_num_threads(cores())
     try:
