@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-submission": ("sp4sc.commands.validate", "check a submission package against the DCASE rules"),
     "probe": ("sp4sc.commands.probe", "frozen-embedding linear probes at varying temporal support"),
     "bench": ("sp4sc.commands.bench", "benchmarks: features, train, infer"),
-    "cv": ("sp4sc.commands.cv", "k-fold cross-validation of a recipe, resumable: cv.json, cv.md, cv.png"),
+    "cv": ("sp4sc.commands.cv", "k-fold cross-validation, resumable; cv compare A B (paired), cv gap A (train fit)"),
     "doctor": ("sp4sc.commands.doctor", "versions, CPU features, GPU and extras: the block for a bug report"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
