@@ -31,15 +31,19 @@ class KillInFold2(Callback):
 """
 
 
-def make_esc_toy(root: Path, folds: int = 3, per_class: int = 3) -> Path:
-    """An ESC-50-layout set: ``folds`` folds x 2 classes x ``per_class`` clips of 0.5 s, told apart by pitch."""
+def make_esc_toy(root: Path, folds: int = 3, per_class: int = 3, swapped_folds: tuple[int, ...] = ()) -> Path:
+    """An ESC-50-layout set: ``folds`` folds x 2 classes x ``per_class`` clips of 0.5 s, told apart by pitch.
+
+    In ``swapped_folds`` the two classes' pitches are exchanged (a fold a model trained on the others gets wrong).
+    """
     (root / "audio").mkdir(parents=True)
     (root / "meta").mkdir()
     rows = ["filename,fold,target,category,esc10,src_file,take"]
     rng = np.random.default_rng(0)
     t = np.arange(8000) / 16000
     for fold in range(1, folds + 1):
-        for target, (cat, f0) in enumerate((("dog", 500.0), ("rain", 3000.0))):
+        for target, cat in enumerate(("dog", "rain")):
+            f0 = (500.0, 3000.0)[1 - target if fold in swapped_folds else target]
             for take in range(per_class):
                 name = f"{fold}-{take}-A-{target}.wav"
                 x = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.05 * rng.standard_normal()) * t)

@@ -6,44 +6,21 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from sp4sc.cli import main
 from sp4sc.commands.cv_gap import gap
+from test_cv import make_esc_toy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _swapped_toy(root: Path) -> Path:
-    """ESC layout, 3 folds x 2 classes x 4 clips; fold 1 has the two classes' pitches swapped.
-
-    A model that learns the training folds (2 and 3) therefore fits its training clips and gets the
-    validation fold (1) wrong: the two scores can only come apart if each is computed on its own clips.
-    """
-    (root / "audio").mkdir(parents=True)
-    (root / "meta").mkdir()
-    rows = ["filename,fold,target,category,esc10,src_file,take"]
-    rng = np.random.default_rng(0)
-    t = np.arange(8000) / 16000
-    for fold in (1, 2, 3):
-        for target, cat in enumerate(("dog", "rain")):
-            f0 = (500.0, 3000.0)[target if fold != 1 else 1 - target]
-            for take in range(4):
-                name = f"{fold}-{take}-A-{target}.wav"
-                x = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.03 * rng.standard_normal()) * t)
-                x += 0.02 * rng.standard_normal(t.size)
-                sf.write(str(root / "audio" / name), x.astype(np.float32), 16000)
-                rows.append(f"{name},{fold},{target},{cat},True,{take},A")
-    (root / "meta" / "esc10.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gap")
-    data = _swapped_toy(tmp / "esc")
+    # fold 1 has the two classes' pitches swapped: a model that learns folds 2-3 fits its training clips
+    # and gets fold 1 wrong, so the two scores only come apart if each is computed on its own clips
+    data = make_esc_toy(tmp / "esc", folds=3, per_class=4, swapped_folds=(1,))
     out = tmp / "run"
     rc = main(["cv", "--config", str(ROOT / "recipes" / "esc10_sp4sc.yaml"), "--data.root", str(data),
                "--folds", "1", "--out", str(out), "--data.frontend", "demo", "--data.duration", "0.5",
