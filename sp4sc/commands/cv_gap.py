@@ -90,10 +90,8 @@ def fold_gap(ckpt: Path, result: dict[str, Any], data_root: str | None = None,
     """Training-clip and validation scores of one fold's checkpoint, without augmentation."""
     import torch
 
-    from sp4sc.cpu import cores
+    from sp4sc.cpu import cores, keep_freed_memory
     from sp4sc.models.checkpoint import load_model
-
-    from sp4sc.cpu import keep_freed_memory
 
     keep_freed_memory()  # large activations freed and allocated per batch: no mmap + page faults each time
     threads = torch.get_num_threads()
