@@ -20,9 +20,10 @@ from typing import Any
 from sp4sc.errors import Sp4scError
 
 
-def _results(folder: Path) -> dict[int, dict[str, Any]]:
+def fold_results(folder: Path) -> dict[int, dict[str, Any]]:
+    """Each finished fold's ``result.json`` of an ``sp4sc cv --out`` folder, by fold number (``sp4sc cv gap`` too)."""
     if not folder.is_dir():
-        raise Sp4scError(f"{folder}: no such folder; give two `sp4sc cv --out` folders")
+        raise Sp4scError(f"{folder}: no such folder; give an `sp4sc cv --out` folder")
     out = {}
     for path in sorted(folder.glob("fold*/result.json")):
         try:
@@ -55,7 +56,7 @@ def _class_accuracy(results: list[dict[str, Any]], n: int) -> list[tuple[int, in
 
 def compare(a_dir: str | Path, b_dir: str | Path) -> dict[str, Any]:
     """The paired comparison of two ``sp4sc cv`` folders (see the module docstring)."""
-    a, b = _results(Path(a_dir)), _results(Path(b_dir))
+    a, b = fold_results(Path(a_dir)), fold_results(Path(b_dir))
     folds = sorted(set(a) & set(b))
     if not folds:
         raise Sp4scError(f"{a_dir} has folds {sorted(a)} and {b_dir} folds {sorted(b)}: none in common to pair")
@@ -76,6 +77,12 @@ def compare(a_dir: str | Path, b_dir: str | Path) -> dict[str, Any]:
             "per_class": per_class}
 
 
+def plus_minus(mean: float, std: float | None, fmt: str = "{:.1f}", scale: float = 1.0) -> str:
+    """``mean ± std`` scaled and formatted (the std without a sign); ``mean`` alone when there is no std."""
+    body = fmt.format(scale * mean)
+    return body if std is None else f"{body} ± " + fmt.replace("+", "").format(abs(scale * std))
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -85,8 +92,7 @@ def text(report: dict[str, Any], top: int = 8) -> str:
     m, s = report["mean"], report["std"]
 
     def pm(key: str, scale: float = 100.0, fmt: str = "{:+.1f}") -> str:
-        body = fmt.format(scale * m[key])
-        return body if s[key] is None else f"{body} ± " + fmt.replace("+", "").format(abs(scale * s[key]))
+        return plus_minus(m[key], s[key], fmt, scale)
 
     lines = [f"A = {report['a']}", f"B = {report['b']}", "",
              "| fold | A accuracy | B accuracy | B - A (points) | A log loss | B log loss |",

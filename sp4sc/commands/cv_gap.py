@@ -28,34 +28,26 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sp4sc.commands.cv_compare import fold_results, mean_std, plus_minus
 from sp4sc.errors import Sp4scError
 
 
-def _folds(run: Path) -> list[tuple[int, Path, dict[str, Any]]]:
-    if not run.is_dir():
-        raise Sp4scError(f"{run}: no such folder; give an `sp4sc cv --out` folder")
+def _folds(run: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(last.ckpt, result)`` of each finished fold, in fold order."""
     found = []
-    for path in sorted(run.glob("fold*/result.json")):
-        try:
-            result = json.loads(path.read_text())
-            fold = int(result["fold"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise Sp4scError(f"{path}: not an `sp4sc cv` fold result ({exc}); delete it and rerun that fold") from None
-        ckpt = path.parent / "checkpoints" / "last.ckpt"
+    for fold, result in sorted(fold_results(run).items()):
+        ckpt = run / f"fold{fold}" / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             raise Sp4scError(f"{ckpt}: missing; the fold's result was scored with it, so the gap cannot be measured "
                              "(rerun the fold with `sp4sc cv`)")
-        found.append((fold, ckpt, result))
-    if not found:
-        raise Sp4scError(f"{run}: no finished fold (fold<k>/result.json) inside; is it an `sp4sc cv --out` folder?")
-    return sorted(found, key=lambda item: item[0])
+        found.append((ckpt, result))
+    return found
 
 
-def _datamodule(ckpt: Path, data_root: str | None):
+def _datamodule(ckpt: Path, contents: dict[str, Any], data_root: str | None):
     from sp4sc.data.datamodule import SceneDataModule
-    from sp4sc.models.checkpoint import read_checkpoint
 
-    hparams = read_checkpoint(ckpt).get("datamodule_hyper_parameters")
+    hparams = contents.get("datamodule_hyper_parameters")
     if not isinstance(hparams, dict):
         raise Sp4scError(f"{ckpt}: has no data settings (datamodule_hyper_parameters); not an `sp4sc fit` checkpoint")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
@@ -91,14 +83,15 @@ def fold_gap(ckpt: Path, result: dict[str, Any], data_root: str | None = None,
     import torch
 
     from sp4sc.cpu import cores, keep_freed_memory
-    from sp4sc.models.checkpoint import load_model
+    from sp4sc.models.checkpoint import load_model, read_checkpoint
 
     keep_freed_memory()  # large activations freed and allocated per batch: no mmap + page faults each time
     threads = torch.get_num_threads()
     torch.set_num_threads(cores())
     try:
-        model = load_model(ckpt).model.float().eval()
-        dm = _datamodule(ckpt, data_root)
+        contents = read_checkpoint(ckpt)  # read once: the model and the data settings both come from it
+        model = load_model(ckpt, contents).model.float().eval()
+        dm = _datamodule(ckpt, contents, data_root)
         dm.setup()
         train, val = dm.split("train"), dm.split("val")
         order = list(range(len(train)))
@@ -118,9 +111,7 @@ def fold_gap(ckpt: Path, result: dict[str, Any], data_root: str | None = None,
 
 def gap(run: str | Path, data_root: str | None = None, clips: int | None = None) -> dict[str, Any]:
     """:func:`fold_gap` for every finished fold of an ``sp4sc cv`` folder, with the mean +/- std."""
-    from sp4sc.commands.cv_compare import mean_std
-
-    rows = [fold_gap(ckpt, result, data_root, clips) for _, ckpt, result in _folds(Path(run))]
+    rows = [fold_gap(ckpt, result, data_root, clips) for ckpt, result in _folds(Path(run))]
     columns = {"train_accuracy": [r["train"]["accuracy"] for r in rows],
                "train_logloss": [r["train"]["logloss"] for r in rows],
                "val_accuracy": [r["val"]["accuracy"] for r in rows],
@@ -136,8 +127,7 @@ def text(report: dict[str, Any]) -> str:
     m, s = report["mean"], report["std"]
 
     def pm(key: str, scale: float, fmt: str) -> str:
-        body = fmt.format(scale * m[key])
-        return body if s[key] is None else f"{body} ± {fmt.replace('+', '').format(scale * s[key])}"
+        return plus_minus(m[key], s[key], fmt, scale)
 
     lines = [f"{report['run']} (no augmentation, float32, each fold's last checkpoint)", "",
              "| fold | training clips | train accuracy | train log loss | val accuracy | val log loss | "

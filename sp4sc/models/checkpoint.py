@@ -168,12 +168,16 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, spec: dict[str, 
         tmp.write_bytes(buf.getvalue())
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Rebuild the backbone stored in a model file or a Lightning checkpoint (eval mode)."""
+def load_model(path: str | os.PathLike, ckpt: dict[str, Any] | None = None) -> LoadedModel:
+    """Rebuild the backbone stored in a model file or a Lightning checkpoint (eval mode).
+
+    ``ckpt``: the file's contents when the caller has already read it (:func:`read_checkpoint`); ``path`` then
+    only names it in errors.
+    """
     from sp4sc.frontend.features import FrontEndConfig
     from sp4sc.models import create_model
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     spec = ckpt.get("sp4sc")
     if not isinstance(spec, dict) or "model" not in spec:
         hint = ""
