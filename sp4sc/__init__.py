@@ -18,7 +18,8 @@ rank  package                holds
 2     ``models/``            model families, registry, BatchNorm folding, checkpoints
 1     ``frontend/``          audio reading and the log-mel front ends
 0     top-level modules      ``errors``, ``log``, ``constants``, ``fileio``, ``cpu``,
-                             ``machine``, ``metrics``: small utilities used everywhere
+                             ``machine``, ``metrics``: small utilities used everywhere;
+                             ``cvfolder``: the layout of an ``sp4sc cv --out`` folder
 ====  =====================  ==================================================
 """
 

@@ -50,3 +50,19 @@ def test_compare_refuses_in_one_line(tmp_path, capsys):
     assert main(["cv", "compare", str(a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err
+
+
+def test_fold_results_reader_refuses_what_sp4sc_cv_did_not_write(tmp_path):
+    from sp4sc.cvfolder import fold_results, last_checkpoint
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Sp4scError, match=r"empty: no fold<k>/result.json inside"):
+        fold_results(tmp_path / "empty")
+    _fold(tmp_path / "run", 2, 0.5, [[1, 1], [1, 1]])
+    (tmp_path / "run" / "fold3").mkdir()
+    (tmp_path / "run" / "fold3" / "result.json").write_text("{\"fold\": ")  # a half-written file
+    with pytest.raises(Sp4scError, match=r"fold3/result.json: not an `sp4sc cv` fold result .*rerun that fold"):
+        fold_results(tmp_path / "run")
+    (tmp_path / "run" / "fold3" / "result.json").unlink()
+    assert list(fold_results(tmp_path / "run")) == [2]
+    assert last_checkpoint(tmp_path / "run", 2) == tmp_path / "run" / "fold2" / "checkpoints" / "last.ckpt"

@@ -24,7 +24,7 @@ RANKS = {
     "models": 2,
     "frontend": 1,
 }
-UTILITIES = {"sp4sc", "errors", "log", "constants", "fileio", "cpu", "machine", "metrics"}
+UTILITIES = {"sp4sc", "errors", "log", "constants", "fileio", "cpu", "machine", "metrics", "cvfolder"}
 
 
 def module_name(path: Path) -> str:

@@ -33,10 +33,9 @@ from typing import Any, Optional
 
 from sp4sc.errors import Sp4scError
 from sp4sc.commands.cv_compare import main_argv as compare_main, mean_std
+from sp4sc.cvfolder import RESULT, WALL, fold_dir as cv_fold_dir, last_checkpoint
 
 ESC_FOLDS = (1, 2, 3, 4, 5)
-RESULT = "result.json"
-WALL = "wall.json"  # written by sp4sc.training.progress.WallClock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,17 +103,17 @@ def _epochs_of(ckpt: Path) -> int:
 
 def run_fold(args: argparse.Namespace, rest: list[str], fold: int, out: Path) -> dict[str, Any]:
     """Train (or resume) one fold, validate its last checkpoint, write ``result.json``; return the result."""
-    from sp4sc.commands.lightning import CHECKPOINT_SUBDIR, _make_cli, expand_configs
+    from sp4sc.commands.lightning import _make_cli, expand_configs
     from sp4sc.fileio import write_json
     from sp4sc.log import logger
 
-    fold_dir = out / f"fold{fold}"
+    fold_dir = cv_fold_dir(out, fold)
     result_path = fold_dir / RESULT
     if result_path.is_file():
         logger.info("fold %d: done before (%s), skipped", fold, result_path)
         return json.loads(result_path.read_text(encoding="utf-8"))
     fold_args = _fold_args(args, rest, fold, fold_dir)
-    last = fold_dir / CHECKPOINT_SUBDIR / "last.ckpt"
+    last = last_checkpoint(out, fold)
     resumed = last.is_file()
     logger.info("fold %d: %s in %s", fold, f"resuming from {last}" if resumed else "training", fold_dir)
     fit_args = fold_args + (["--trainer.callbacks+=sp4sc.training.progress.WallClock"]

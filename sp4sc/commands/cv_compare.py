@@ -17,23 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sp4sc.cvfolder import fold_results
 from sp4sc.errors import Sp4scError
-
-
-def fold_results(folder: Path) -> dict[int, dict[str, Any]]:
-    """Each finished fold's ``result.json`` of an ``sp4sc cv --out`` folder, by fold number (``sp4sc cv gap`` too)."""
-    if not folder.is_dir():
-        raise Sp4scError(f"{folder}: no such folder; give an `sp4sc cv --out` folder")
-    out = {}
-    for path in sorted(folder.glob("fold*/result.json")):
-        try:
-            r = json.loads(path.read_text())
-            out[int(r["fold"])] = r
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise Sp4scError(f"{path}: not an `sp4sc cv` fold result ({exc}); delete it and rerun that fold") from None
-    if not out:
-        raise Sp4scError(f"{folder}: no fold<k>/result.json inside; is it an `sp4sc cv --out` folder?")
-    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -28,7 +28,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sp4sc.commands.cv_compare import fold_results, mean_std, plus_minus
+from sp4sc.commands.cv_compare import mean_std, plus_minus
+from sp4sc.cvfolder import fold_results, last_checkpoint
 from sp4sc.errors import Sp4scError
 
 
@@ -36,7 +37,7 @@ def _folds(run: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``(last.ckpt, result)`` of each finished fold, in fold order."""
     found = []
     for fold, result in sorted(fold_results(run).items()):
-        ckpt = run / f"fold{fold}" / "checkpoints" / "last.ckpt"
+        ckpt = last_checkpoint(run, fold)
         if not ckpt.is_file():
             raise Sp4scError(f"{ckpt}: missing; the fold's result was scored with it, so the gap cannot be measured "
                              "(rerun the fold with `sp4sc cv`)")

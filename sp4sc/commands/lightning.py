@@ -34,9 +34,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sp4sc.cvfolder import CHECKPOINTS as CHECKPOINT_SUBDIR
 from sp4sc.errors import Sp4scError
 
-CHECKPOINT_SUBDIR = "checkpoints"
 _BASES = re.compile(r"^#\s*bases:\s*(.+)$")
 
 

@@ -624,23 +624,24 @@ def finetuned_models(folder: str | os.PathLike, with_index: bool = True) -> list
     (written by LightningCLI) name the dataset root and validation fold it was fitted with,
     from which the clips it was trained on are listed (ESC-format data: every fold but its own).
     """
+    from sp4sc.cvfolder import CHECKPOINTS, RESULT, fold_dir, fold_results
     from sp4sc.models.checkpoint import read_checkpoint
 
-    top = Path(folder).expanduser()
-    results = sorted(top.glob("fold*/result.json"))
-    if not results:
-        raise Sp4scError(f"{ARG}.finetuned {folder}: no fold*/result.json; give the `sp4sc cv --out` folder of the "
-                         "teacher's inner cross-validation (finished folds write result.json)")
+    try:
+        results = fold_results(folder)
+    except Sp4scError as exc:
+        raise Sp4scError(f"{ARG}.finetuned: {exc}; give the `sp4sc cv --out` folder of the teacher's inner "
+                         "cross-validation") from None
     models = []
-    for r in results:
-        res = json.loads(r.read_text())
+    for fold, res in sorted(results.items()):
+        here = fold_dir(Path(folder).expanduser(), fold)
         ckpt = Path(str(res.get("checkpoint", "")))
-        if not ckpt.is_file() and (r.parent / "checkpoints" / ckpt.name).is_file():
-            ckpt = r.parent / "checkpoints" / ckpt.name  # a relative path written from another working folder
+        if not ckpt.is_file() and (here / CHECKPOINTS / ckpt.name).is_file():
+            ckpt = here / CHECKPOINTS / ckpt.name  # a relative path written from another working folder
         if not ckpt.is_file():
-            raise Sp4scError(f"{r}: its checkpoint {ckpt} is missing; rerun that fold of the inner cross-validation")
+            raise Sp4scError(f"{here / RESULT}: its checkpoint {ckpt} is missing; rerun that fold of the inner "
+                             "cross-validation")
         trained: frozenset = frozenset()
-        fold = int(res["fold"])
         if with_index:
             hp = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
             if hp.get("dataset") != "esc" or not hp.get("root") or int(hp.get("fold", -1)) != fold:

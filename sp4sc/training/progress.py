@@ -18,6 +18,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from sp4sc.cvfolder import WALL
+
 LONG_EPOCH_BATCHES = 100  # an epoch with at least this many batches also gets batch lines
 
 
@@ -126,7 +128,7 @@ class WallClock(pl.Callback):
     """Adds each epoch's training wall time to ``<default_root_dir>/wall.json`` (``sp4sc cv`` uses it), so a
     resumed run's total counts the time spent before a kill too."""
 
-    FILE = "wall.json"
+    FILE = WALL
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import json
