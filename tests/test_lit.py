@@ -197,6 +197,42 @@ def test_precise_bn_changes_only_the_statistics_and_the_last_validation_sees_the
     assert model.reports["val"]["overall"]["accuracy"] == pytest.approx(report["accuracy"])
 
 
+def _recipe_checkpoints() -> list:
+    """The ModelCheckpoint callbacks of ``recipes/base/trainer.yaml``, built from its init_args."""
+    from pathlib import Path
+
+    import yaml
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "base" / "trainer.yaml").read_text())
+    return [pl.callbacks.ModelCheckpoint(dirpath=None, **cb["init_args"]) for cb in base["trainer"]["callbacks"]
+            if cb["class_path"].endswith("ModelCheckpoint")]
+
+
+def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn(tmp_path):
+    saved = []
+
+    class Epochs(pl.Callback):  # the epoch in last.ckpt after each epoch (Lightning runs checkpointing last)
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch:
+                saved.append(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"])
+
+        def on_fit_end(self, trainer, pl_module):
+            saved.append(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"])
+
+    pl.seed_everything(0, verbose=False)
+    model = SceneClassifier(TinyNet(), lr=5e-3, precise_bn=True)
+    trainer = _trainer(tmp_path, logger=False, max_epochs=4, check_val_every_n_epoch=2,
+                       callbacks=[*_recipe_checkpoints(), Epochs()])
+    trainer.fit(model, datamodule=RandomDM())
+    # a killed run loses at most the epoch it was in, also between validations
+    assert saved == [0, 1, 2, 3]
+    # and the last epoch's checkpoint was written after its validation, so it holds the precise-BN statistics
+    assert model.precise_bn_clips == 48
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(last[key], value), key
+
+
 class _NoDeviceSet(_Set):
     """Clips without a recording device, as ESC-50 and the toy sets give them ("")."""
 
