@@ -208,7 +208,9 @@ def _recipe_checkpoints() -> list:
             if cb["class_path"].endswith("ModelCheckpoint")]
 
 
-def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn(tmp_path):
+def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn(tmp_path, monkeypatch):
+    import sp4sc.training.lit as lit_mod
+
     saved = []
 
     class Epochs(pl.Callback):  # the epoch in last.ckpt after each epoch (Lightning runs checkpointing last)
@@ -231,6 +233,19 @@ def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn
     last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
     for key, value in model.state_dict().items():
         assert torch.equal(last[key], value), key
+    # a last epoch that the validation interval skips (5 epochs, every 2nd validated) still gets them, once
+    pl.seed_everything(0, verbose=False)
+    skipped = SceneClassifier(TinyNet(), lr=5e-3, precise_bn=True)
+    calls = []
+    real = lit_mod.recompute_from_training_clips
+    monkeypatch.setattr(lit_mod, "recompute_from_training_clips", lambda *a: calls.append(a[-1]) or real(*a))
+    trainer = _trainer(tmp_path / "skip", logger=False, max_epochs=5, check_val_every_n_epoch=2,
+                       callbacks=_recipe_checkpoints())
+    trainer.fit(skipped, datamodule=RandomDM())
+    assert calls == [4] and skipped.precise_bn_clips == 48
+    last = read_checkpoint(tmp_path / "skip" / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 4 and torch.equal(last["state_dict"]["backbone.bn.running_mean"],
+                                              skipped.backbone.bn.running_mean)
 
 
 class _NoDeviceSet(_Set):

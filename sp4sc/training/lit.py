@@ -104,7 +104,8 @@ class SceneClassifier(pl.LightningModule):
             on the labels alone (exactly the plain fit, even with a teacher).
         kd_temperature: softmax temperature T of teacher and student in the distillation term
             (> 0; the term is scaled by T²).
-        precise_bn: before the validation of the last epoch, re-estimate every BatchNorm's
+        precise_bn: in the last epoch, before its validation (or at its end when
+            ``check_val_every_n_epoch`` skips it), re-estimate every BatchNorm's
             running statistics as plain averages over the training clips, without augmentation
             (:func:`recompute_bn_statistics`; weights untouched, so training is unchanged). The
             saved last checkpoint, what is evaluated, exported and folded, holds them. Without it
@@ -183,6 +184,7 @@ class SceneClassifier(pl.LightningModule):
         if self.distill is not None:
             self.hparams["kd_teacher"] = self.distill.config.to_dict()  # plain types: weights_only loads it
         self.precise_bn_clips = 0  # clips the last precise-BN pass averaged over
+        self._precise_bn_epoch: int | None = None  # the epoch it ran in (once per fit)
 
     # ------------------------------------------------------------------ build
 
@@ -295,6 +297,7 @@ class SceneClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._first_train_epoch = True
+        self._precise_bn_epoch = None
 
     def on_fit_start(self) -> None:
         self.setup_cpu_training()
@@ -322,16 +325,24 @@ class SceneClassifier(pl.LightningModule):
         """
         return self(x) if self._cpu is None else self._cpu.forward(self, x)
 
-    def on_validation_epoch_start(self) -> None:
+    def _precise_bn_at_last_epoch(self) -> None:
+        """Precise BN once in the last epoch of a fit: before its validation, or at its end when it has none."""
         trainer = self._trainer
         if (not self.hparams.get("precise_bn") or trainer is None or trainer.sanity_checking
                 or trainer.state.fn != "fit" or trainer.max_epochs is None
-                or trainer.current_epoch != trainer.max_epochs - 1):
+                or trainer.current_epoch != trainer.max_epochs - 1 or self._precise_bn_epoch == trainer.current_epoch):
             return
         self.precise_bn_clips = recompute_from_training_clips(self, trainer.train_dataloader, global_seed(),
                                                               trainer.current_epoch)
+        self._precise_bn_epoch = trainer.current_epoch
+
+    def on_validation_epoch_start(self) -> None:
+        self._precise_bn_at_last_epoch()
 
     def on_train_epoch_end(self) -> None:
+        # after the epoch's validation and before the checkpoints are written (Lightning runs them last), so
+        # the last epoch's checkpoint holds the statistics also when --trainer.check_val_every_n_epoch skips it
+        self._precise_bn_at_last_epoch()
         opt = self.optimizers()
         if not isinstance(opt, list):
             self.log("train/lr", float(opt.param_groups[0]["lr"]))
