@@ -248,6 +248,20 @@ def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn
                                               skipped.backbone.bn.running_mean)
 
 
+def test_progress_lines_show_validation_only_in_the_epochs_that_ran_it(tmp_path):
+    import io
+
+    from sp4sc.training.progress import LineProgress
+
+    out = io.StringIO()
+    pl.seed_everything(0, verbose=False)
+    trainer = _trainer(tmp_path, logger=False, enable_checkpointing=False, max_epochs=4, check_val_every_n_epoch=2,
+                       callbacks=[LineProgress(every_n_batches=0, stream=out)])
+    trainer.fit(SceneClassifier(TinyNet(), lr=5e-3), datamodule=RandomDM())
+    epochs = [ln for ln in out.getvalue().splitlines() if " step " in ln]
+    assert [("val_acc" in ln) for ln in epochs] == [False, True, False, True], epochs
+
+
 class _NoDeviceSet(_Set):
     """Clips without a recording device, as ESC-50 and the toy sets give them ("")."""
 

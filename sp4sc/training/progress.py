@@ -60,6 +60,7 @@ class LineProgress(pl.Callback):
         self._t0 = self._epoch_t0 = 0.0
         self._epoch_clips = 0
         self._first_epoch = 0
+        self._validated_epoch: int | None = None  # the epoch whose validation ran last (not the sanity check)
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
@@ -103,14 +104,20 @@ class LineProgress(pl.Callback):
         parts += [f"{rate:.1f} clips/s", f"elapsed {_hms(time.perf_counter() - self._t0)}"]
         self._print(" ".join(parts))
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         now = time.perf_counter()
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
-        for label, names in (("train_loss", ("train/loss_epoch", "train/loss")), ("val_acc", ("val/acc",)),
-                             ("val_logloss", ("val/logloss",))):
+        shown = [("train_loss", ("train/loss_epoch", "train/loss"))]
+        if self._validated_epoch == trainer.current_epoch:  # not the figures of an earlier epoch's validation
+            shown += [("val_acc", ("val/acc",)), ("val_logloss", ("val/logloss",))]
+        for label, names in shown:
             value = _metric(m, *names)
             if value is not None:
                 parts.append(f"{label} {value:.4f}")
