@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sp4sc.cvfolder import CHECKPOINTS as CHECKPOINT_SUBDIR
+from sp4sc.cvfolder import CHECKPOINTS
 from sp4sc.errors import Sp4scError
 
 _BASES = re.compile(r"^#\s*bases:\s*(.+)$")
@@ -121,7 +121,7 @@ def _cli_class():
             root = Path(trainer.default_root_dir)
             for cb in trainer.callbacks:
                 if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-                    cb.dirpath = str(root / CHECKPOINT_SUBDIR)
+                    cb.dirpath = str(root / CHECKPOINTS)
             from sp4sc.training.progress import use_line_progress
 
             use_line_progress(trainer)  # stdout not a terminal: one plain line per epoch instead of a bar

@@ -627,14 +627,14 @@ def finetuned_models(folder: str | os.PathLike, with_index: bool = True) -> list
     from sp4sc.cvfolder import CHECKPOINTS, RESULT, fold_dir, fold_results
     from sp4sc.models.checkpoint import read_checkpoint
 
+    top = Path(folder).expanduser()
     try:
-        results = fold_results(folder)
+        results = fold_results(top)
     except Sp4scError as exc:
-        raise Sp4scError(f"{ARG}.finetuned: {exc}; give the `sp4sc cv --out` folder of the teacher's inner "
-                         "cross-validation") from None
+        raise Sp4scError(f"{ARG}.finetuned (the teacher's inner cross-validation): {exc}") from None
     models = []
     for fold, res in sorted(results.items()):
-        here = fold_dir(Path(folder).expanduser(), fold)
+        here = fold_dir(top, fold)
         ckpt = Path(str(res.get("checkpoint", "")))
         if not ckpt.is_file() and (here / CHECKPOINTS / ckpt.name).is_file():
             ckpt = here / CHECKPOINTS / ckpt.name  # a relative path written from another working folder
