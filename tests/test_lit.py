@@ -248,6 +248,28 @@ def test_last_checkpoint_every_epoch_with_sparse_validation_and_after_precise_bn
                                               skipped.backbone.bn.running_mean)
 
 
+def test_validation_interval_does_not_change_the_trained_weights(tmp_path):
+    """Validating every epoch or only the last one trains the same model, bit for bit.
+
+    A validation pass draws from torch's global generator (the loader iterator's base seed); the
+    per-epoch reseed keeps those draws from reaching the next epoch's shuffle, dropout, mixup and
+    SpecAugment, so `--trainer.check_val_every_n_epoch N` only saves time.
+    """
+    def run(every: int):
+        pl.seed_everything(0, verbose=False)
+        model = SceneClassifier(TinyNet(), lr=5e-3, mixup_alpha=0.4, spec_augment=[4, 2, 2, 1], precise_bn=True)
+        trainer = _trainer(tmp_path / str(every), logger=False, enable_checkpointing=False, max_epochs=4,
+                           check_val_every_n_epoch=every)
+        trainer.fit(model, datamodule=RandomDM())
+        return model.state_dict(), trainer.callback_metrics["val/acc"]
+
+    (every_epoch, acc1), (last_only, acc4) = run(1), run(4)
+    assert every_epoch.keys() == last_only.keys()
+    for key, value in every_epoch.items():
+        assert torch.equal(value, last_only[key]), key
+    assert acc1 == acc4
+
+
 def test_progress_lines_show_validation_only_in_the_epochs_that_ran_it(tmp_path):
     import io
 
